@@ -1,0 +1,288 @@
+"""Turning the normalization layers of any model into σBN / TSBN / TSσBN ones and back.
+
+:func:`convert` replaces layers in place, copying running statistics and affine values into
+every task; :func:`extract_task` returns a copy with ordinary ``BatchNorm``/``LayerNorm`` layers
+holding one task's statistics and gates, for deployment.
+
+Layers converted: ``nn.BatchNorm1d``/``2d``, ``nn.SyncBatchNorm`` (as 2d, with synchronised
+statistics), timm's ``BatchNormAct2d`` and other BatchNorm subclasses that carry ``drop``/``act``
+(kept around the new norm in a :class:`~tasknorm.nn.NormAct`), ``nn.LayerNorm`` and its timm
+subclasses, and timm's channels-first ``LayerNorm2d`` family. ``GroupNorm``, ``InstanceNorm``,
+frozen BatchNorm and the norms of already-converted layers are left alone.
+
+Gate initialisation for the σ kinds (``gate_init``):
+
+* ``"normal"``: raw gates drawn from N(0, 1) as in the σBN recipe, independently per task; for
+  training from scratch. Running statistics are still copied.
+* ``"pretrained"``: raw gate = ``logit(clamp(γ, 0.01, 0.99))`` of the source layer's weight γ, the
+  same for every task; for fine-tuning a pretrained backbone. A gate cannot exceed 1 or be
+  negative, and σ layers have no shift unless ``bias=True``, so the converted network differs from
+  the source until fine-tuned.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from functools import cache
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tasknorm.nn.batchnorm import (
+    SigmaBatchNorm1d,
+    SigmaBatchNorm2d,
+    TaskBatchNorm1d,
+    TaskBatchNorm2d,
+    TaskSigmaBatchNorm1d,
+    TaskSigmaBatchNorm2d,
+    _BatchNormStats,
+    _SigmaBatchNorm,
+)
+from tasknorm.nn.layernorm import (
+    TaskLayerNorm,
+    TaskLayerNorm2d,
+    TaskSigmaLayerNorm,
+    TaskSigmaLayerNorm2d,
+)
+from tasknorm.nn.norm_act import NormAct
+from tasknorm.nn.routing import TaskRouted, validate_tasks
+
+Kind = Literal["task", "task_sigma", "sigma"]
+KINDS: tuple[Kind, ...] = ("task", "task_sigma", "sigma")
+GateInit = Literal["normal", "pretrained"]
+GATE_INITS: tuple[GateInit, ...] = ("normal", "pretrained")
+PRETRAINED_GATE_RANGE = (0.01, 0.99)
+
+_BATCH_NORM_CLASSES: dict[Kind, tuple[type[nn.Module], type[nn.Module]]] = {
+    "task": (TaskBatchNorm1d, TaskBatchNorm2d),
+    "task_sigma": (TaskSigmaBatchNorm1d, TaskSigmaBatchNorm2d),
+    "sigma": (SigmaBatchNorm1d, SigmaBatchNorm2d),
+}
+_LAYER_NORM_CLASSES: dict[Kind, tuple[type[nn.Module], type[nn.Module]]] = {
+    "task": (TaskLayerNorm, TaskLayerNorm2d),
+    "task_sigma": (TaskSigmaLayerNorm, TaskSigmaLayerNorm2d),
+}
+
+
+def convert(
+    model: nn.Module,
+    tasks: Sequence[str] | None = None,
+    kind: Kind = "task_sigma",
+    *,
+    gate_init: GateInit = "normal",
+    bias: bool = False,
+) -> nn.Module:
+    """Replace every normalization layer of ``model`` by its σBN / TSBN / TSσBN counterpart.
+
+    Args:
+        model: any ``nn.Module``; changed in place (a model that is itself a norm layer is
+            returned replaced, as ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does).
+        tasks: task names (``kind="task"`` / ``"task_sigma"``); must be ``None`` for ``"sigma"``.
+        kind: ``"task_sigma"`` (TSσBN, default), ``"task"`` (TSBN) or ``"sigma"`` (σBN; converts
+            BatchNorm only).
+        gate_init: how σ gates start (see the module docstring); ignored for ``"task"``.
+        bias: give σ layers a (per-task) shift, initialised from the source's bias.
+
+    Returns:
+        The converted model.
+
+    Example:
+        >>> import torchvision
+        >>> from tasknorm.nn import TaskSigmaBatchNorm2d, convert
+        >>> model = convert(torchvision.models.resnet18(), tasks=["seg", "depth"])
+        >>> sum(isinstance(m, TaskSigmaBatchNorm2d) for m in model.modules())
+        20
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    if gate_init not in GATE_INITS:
+        raise ValueError(f"unknown gate_init {gate_init!r}; expected one of {GATE_INITS}")
+    if kind == "sigma":
+        if tasks is not None or bias:
+            raise ValueError("kind='sigma' converts to single-task σBN without bias; pass "
+                             "tasks=None and bias=False")
+    else:
+        if tasks is None:
+            raise ValueError(f"kind={kind!r} needs the task names")
+        tasks = validate_tasks(tasks)
+    converted: list[str] = []
+
+    def replace(name: str, module: nn.Module) -> nn.Module | None:
+        new = _converted(name, module, kind, tasks, gate_init, bias)
+        if new is not None:
+            converted.append(name)
+        return new
+
+    model = _replace_modules(model, replace)
+    if not converted:
+        looked_for = "BatchNorm" if kind == "sigma" else "BatchNorm or LayerNorm"
+        raise ValueError(f"{type(model).__name__} has no {looked_for} layer to convert")
+    return model
+
+
+def extract_task(model: nn.Module, task: str) -> nn.Module:
+    """A copy of a converted ``model`` for ``task`` alone, with ordinary norm layers.
+
+    Every task-specific layer becomes ``nn.BatchNorm1d``/``2d`` or ``nn.LayerNorm`` (timm's
+    ``LayerNorm2d`` for channels-first ones) holding ``task``'s running statistics and its scale
+    (``sigmoid`` of the gate for σ layers) and shift (zero where the layer has none); σBN layers
+    become ``BatchNorm`` the same way. In eval mode the copy computes exactly what ``model`` does
+    for ``task``, at the speed of a model that never had task-specific layers.
+
+    Example:
+        >>> import torch, torchvision
+        >>> from tasknorm.nn import convert, extract_task, use_task
+        >>> model = convert(torchvision.models.resnet18(num_classes=4), ["seg", "depth"]).eval()
+        >>> plain = extract_task(model, "depth")
+        >>> x = torch.randn(2, 3, 64, 64)
+        >>> with use_task("depth"):
+        ...     expected = model(x)
+        >>> torch.allclose(plain(x), expected, atol=1e-5)
+        True
+    """
+    layers = [m for m in model.modules() if isinstance(m, TaskRouted | _BatchNormStats)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no tasknorm layer to extract a task from")
+    for layer in layers:
+        if isinstance(layer, TaskRouted) and task not in layer.tasks:
+            raise ValueError(f"unknown task {task!r}; expected one of {layer.tasks}")
+    return _replace_modules(copy.deepcopy(model), lambda _, m: _single_task(m, task))
+
+
+def task_norm_layers(model: nn.Module) -> Iterator[tuple[str, TaskRouted]]:
+    """``(name, layer)`` for every task-specific normalization layer of ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, TaskRouted):
+            yield name, module
+
+
+def set_sync_stats(model: nn.Module, enabled: bool = True,
+                   process_group: torch.distributed.ProcessGroup | None = None) -> nn.Module:
+    """Synchronise (or stop synchronising) the batch statistics of every σBN / TSBN / TSσBN
+    layer of ``model`` across the processes of ``process_group`` (default: all) in training.
+
+    In all-tasks mode each task's statistics are reduced separately. Use this instead of
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, which does not know these layers.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _BatchNormStats)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no σBN / TSBN / TSσBN layer to synchronise")
+    for layer in layers:
+        layer.sync_stats = enabled
+        layer.process_group = process_group
+    return model
+
+
+def _replace_modules(module: nn.Module,
+                     replace: Callable[[str, nn.Module], nn.Module | None],
+                     name: str = "") -> nn.Module:
+    """Depth-first: put ``replace(name, m)`` in place of every module for which it is not
+    ``None``, and do not descend into replaced modules."""
+    new = replace(name, module)
+    if new is not None:
+        return new
+    for child_name, child in module.named_children():
+        new_child = _replace_modules(child, replace, f"{name}.{child_name}" if name else child_name)
+        if new_child is not child:
+            setattr(module, child_name, new_child)
+    return module
+
+
+def _converted(name: str, module: nn.Module, kind: Kind, tasks: tuple[str, ...] | None,
+               gate_init: GateInit, bias: bool) -> nn.Module | None:
+    if isinstance(module, _BatchNorm):
+        new = _convert_batch_norm(name, module, kind, tasks, gate_init, bias)
+    elif isinstance(module, nn.LayerNorm) and kind != "sigma":
+        new = _convert_layer_norm(module, kind, tasks, gate_init, bias)
+    else:
+        return None
+    new.train(module.training)
+    if hasattr(module, "act") and hasattr(module, "drop"):
+        return NormAct(new, module.drop, module.act)
+    return new
+
+
+def _convert_batch_norm(name: str, bn: _BatchNorm, kind: Kind, tasks: tuple[str, ...] | None,
+                        gate_init: GateInit, bias: bool) -> nn.Module:
+    if isinstance(bn, nn.BatchNorm1d):
+        dims = 0
+    elif isinstance(bn, nn.BatchNorm2d | nn.SyncBatchNorm):
+        dims = 1
+    else:
+        raise ValueError(f"cannot convert {type(bn).__name__} at {name!r}: only BatchNorm1d, "
+                         "BatchNorm2d and SyncBatchNorm (used as 2d) are supported")
+    cls = _BATCH_NORM_CLASSES[kind][dims]
+    kwargs = {"eps": bn.eps, "momentum": bn.momentum,
+              "track_running_stats": bn.track_running_stats,
+              "sync_stats": isinstance(bn, nn.SyncBatchNorm), **_factory_kwargs(bn)}
+    if kind == "sigma":
+        new = cls(bn.num_features, **kwargs)
+    elif kind == "task":
+        new = cls(bn.num_features, tasks, **kwargs)
+    else:
+        new = cls(bn.num_features, tasks, bias=bias, **kwargs)
+    with torch.no_grad():
+        if bn.track_running_stats:
+            new.running_mean.copy_(bn.running_mean.expand_as(new.running_mean))
+            new.running_var.copy_(bn.running_var.expand_as(new.running_var))
+            new.num_batches_tracked.fill_(int(bn.num_batches_tracked))
+        _copy_affine(new, bn.weight, bn.bias, kind, gate_init)
+    return new
+
+
+def _convert_layer_norm(ln: nn.LayerNorm, kind: Kind, tasks: tuple[str, ...] | None,
+                        gate_init: GateInit, bias: bool) -> nn.Module:
+    channels_first = isinstance(ln, _timm_channels_first_layer_norms())
+    cls = _LAYER_NORM_CLASSES[kind][channels_first]
+    has_bias = ln.bias is not None if kind == "task" else bias
+    shape = ln.normalized_shape[0] if channels_first else ln.normalized_shape
+    new = cls(shape, tasks, eps=ln.eps, bias=has_bias, **_factory_kwargs(ln))
+    with torch.no_grad():
+        _copy_affine(new, ln.weight, ln.bias, kind, gate_init)
+    return new
+
+
+def _copy_affine(new: nn.Module, weight: Tensor | None, bias: Tensor | None, kind: Kind,
+                 gate_init: GateInit) -> None:
+    """Copy a source layer's affine weight and bias into every task of ``new`` (in no_grad)."""
+    if kind == "task":
+        if weight is not None:
+            new.weight.copy_(weight.expand_as(new.weight))
+    elif gate_init == "pretrained":
+        gamma = weight if weight is not None else torch.ones_like(new.weight)
+        new.weight.copy_(torch.logit(gamma.clamp(*PRETRAINED_GATE_RANGE)).expand_as(new.weight))
+    if bias is not None and getattr(new, "bias", None) is not None:
+        new.bias.copy_(bias.expand_as(new.bias))
+    if weight is not None:
+        new.weight.requires_grad_(weight.requires_grad)
+
+
+def _single_task(module: nn.Module, task: str) -> nn.Module | None:
+    if isinstance(module, TaskRouted):
+        return module.single_task_module(task)
+    if isinstance(module, _SigmaBatchNorm):
+        return module.to_batch_norm()
+    return None
+
+
+def _factory_kwargs(module: nn.Module) -> dict[str, torch.device | torch.dtype]:
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    if tensor is None:
+        return {}
+    return {"device": tensor.device, "dtype": tensor.dtype}
+
+
+@cache
+def _timm_channels_first_layer_norms() -> tuple[type[nn.Module], ...]:
+    """timm's LayerNorm subclasses that normalise dim 1 of NCHW tensors (none without timm)."""
+    try:
+        from timm import layers
+    except ImportError:
+        return ()
+    names = ("LayerNorm2d", "LayerNormAct2d", "LayerNorm2dFp32", "LayerNormAct2dFp32")
+    return tuple(getattr(layers, n) for n in names if hasattr(layers, n))

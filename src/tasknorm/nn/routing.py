@@ -1,0 +1,224 @@
+"""Selecting which task the task-specific layers of a model serve.
+
+A converted model is never edited to know about tasks: its task-specific layers read the active
+:class:`Route` from a :class:`~contextvars.ContextVar` (so nesting restores the outer route and
+every thread or asyncio task has its own), or fall back to a default stored on the layers with
+:func:`set_route`.
+
+In all-tasks mode the batch holds ``T`` copies of the input, one per task, in one of two layouts:
+
+* ``"task_major"`` (the default): row ``t * N + n`` is sample ``n`` for task ``t``, i.e. the
+  per-task batches concatenated, ``torch.cat([x_task0, x_task1, ...])``.
+* ``"sample_major"``: row ``n * T + t``; batch normalization then folds tasks into channels with a
+  free view instead of a copy, which is faster (see ``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor, nn
+
+Layout = Literal["task_major", "sample_major"]
+LAYOUTS: tuple[Layout, ...] = ("task_major", "sample_major")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which task a forward pass serves: one named task, or all tasks stacked along the batch.
+
+    Args:
+        task: the task's name, or ``None`` for all tasks of each layer in one batched pass.
+        layout: how the task copies are stacked along the batch in all-tasks mode.
+    """
+
+    task: str | None = None
+    layout: Layout = "task_major"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; expected one of {LAYOUTS}")
+
+    @property
+    def all_tasks(self) -> bool:
+        return self.task is None
+
+
+_ACTIVE_ROUTE: ContextVar[Route | None] = ContextVar("tasknorm_active_route", default=None)
+
+
+def current_route() -> Route | None:
+    """The route set by the innermost active :func:`use_task` / :func:`use_all_tasks`, if any."""
+    return _ACTIVE_ROUTE.get()
+
+
+@contextmanager
+def use_route(route: Route) -> Iterator[Route]:
+    """Make ``route`` active for the enclosed code (in this thread or asyncio task only)."""
+    token = _ACTIVE_ROUTE.set(route)
+    try:
+        yield route
+    finally:
+        _ACTIVE_ROUTE.reset(token)
+
+
+def use_task(task: str) -> AbstractContextManager[Route]:
+    """Run the enclosed forward passes for the single task ``task``.
+
+    Example:
+        >>> import torch
+        >>> from tasknorm.nn import TaskBatchNorm2d, use_task
+        >>> bn = TaskBatchNorm2d(3, tasks=["seg", "depth"])
+        >>> with use_task("depth"):
+        ...     y = bn(torch.randn(4, 3, 8, 8))
+        >>> y.shape
+        torch.Size([4, 3, 8, 8])
+    """
+    return use_route(Route(task=task))
+
+
+def use_all_tasks(layout: Layout = "task_major") -> AbstractContextManager[Route]:
+    """Run the enclosed forward passes for all tasks at once, on a batch stacked in ``layout``.
+
+    Example:
+        >>> import torch
+        >>> from tasknorm.nn import TaskSigmaBatchNorm2d, stack_tasks, unstack_tasks, use_all_tasks
+        >>> bn = TaskSigmaBatchNorm2d(3, tasks=["seg", "depth"])
+        >>> x = torch.randn(4, 3, 8, 8)
+        >>> with use_all_tasks():
+        ...     y = bn(stack_tasks(x, 2))
+        >>> [t.shape for t in unstack_tasks(y, 2)]
+        [torch.Size([4, 3, 8, 8]), torch.Size([4, 3, 8, 8])]
+    """
+    return use_route(Route(task=None, layout=layout))
+
+
+def set_route(model: nn.Module, route: Route | str | None) -> nn.Module:
+    """Store a default route on every task-specific layer of ``model`` and return ``model``.
+
+    The default applies when no :func:`use_task` / :func:`use_all_tasks` context is active.
+    A string selects that task; ``None`` clears the default.
+    """
+    if isinstance(route, str):
+        route = Route(task=route)
+    layers = [m for m in model.modules() if isinstance(m, TaskRouted)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no task-specific layer to route")
+    for layer in layers:
+        if route is not None:
+            layer.task_index(route)
+        layer.default_route = route
+    return model
+
+
+class TaskRouted(nn.Module):
+    """Base of every layer with per-task state: holds the task names and resolves the route.
+
+    Subclasses call :meth:`_init_routing` after ``nn.Module.__init__``.
+    """
+
+    tasks: tuple[str, ...]
+    default_route: Route | None
+
+    def _init_routing(self, tasks: Sequence[str]) -> None:
+        """Set the task names; a single-task layer routes to its task by default."""
+        self.tasks = validate_tasks(tasks)
+        self.default_route = Route(self.tasks[0]) if len(self.tasks) == 1 else None
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    def active_route(self) -> Route:
+        """The route of this forward pass: the active context if any, else the layer's default."""
+        route = _ACTIVE_ROUTE.get() or self.default_route
+        if route is None:
+            raise RuntimeError(
+                f"{type(self).__name__} with tasks {self.tasks} needs a task: run the model inside "
+                "tasknorm.nn.use_task(name) or use_all_tasks(), or call tasknorm.nn.set_route()"
+            )
+        return route
+
+    def task_index(self, route: Route) -> int | None:
+        """Index of ``route``'s task in :attr:`tasks` (``None`` in all-tasks mode)."""
+        if route.task is None:
+            return None
+        try:
+            return self.tasks.index(route.task)
+        except ValueError:
+            raise ValueError(f"unknown task {route.task!r}; expected one of {self.tasks}") from None
+
+    def single_task_module(self, task: str) -> nn.Module:
+        """An ordinary (non-task) module computing what this layer computes for ``task``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def tasks_per_batch(self, batch_size: int) -> int:
+        """Samples per task of an all-tasks batch, checking it splits evenly over the tasks."""
+        if batch_size % self.num_tasks:
+            raise ValueError(
+                f"all-tasks batch of {batch_size} samples is not divisible by the "
+                f"{self.num_tasks} tasks {self.tasks}"
+            )
+        return batch_size // self.num_tasks
+
+    def get_extra_state(self) -> dict[str, list[str]]:
+        return {"tasks": list(self.tasks)}
+
+    def set_extra_state(self, state: dict[str, list[str]]) -> None:
+        self._check_saved_tasks(state, "")
+
+    def _check_saved_tasks(self, state: object, where: str) -> None:
+        saved = tuple(state["tasks"]) if isinstance(state, dict) and "tasks" in state else None
+        if saved != self.tasks:
+            raise RuntimeError(
+                f"incompatible state_dict for {where or type(self).__name__}: saved with tasks "
+                f"{saved}, this layer has tasks {self.tasks}"
+            )
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # noqa: ANN001, ANN202 (torch hook)
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            self._check_saved_tasks(state_dict[key], prefix.rstrip(".") or type(self).__name__)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+def validate_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """Check a task list (non-empty, unique strings) and return it as a tuple."""
+    if isinstance(tasks, str):
+        raise TypeError(f"tasks must be a sequence of names, got the string {tasks!r}")
+    tasks = tuple(tasks)
+    if not tasks:
+        raise ValueError("tasks must name at least one task")
+    bad = [t for t in tasks if not isinstance(t, str) or not t]
+    if bad:
+        raise TypeError(f"task names must be non-empty strings, got {bad}")
+    duplicates = sorted({t for t in tasks if tasks.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate task names {duplicates} in {tasks}")
+    return tasks
+
+
+def stack_tasks(x: Tensor, num_tasks: int, layout: Layout = "task_major") -> Tensor:
+    """Replicate a batch once per task along dim 0, in ``layout``, for an all-tasks pass."""
+    if layout == "task_major":
+        return x.repeat(num_tasks, *([1] * (x.dim() - 1)))
+    if layout == "sample_major":
+        return x.repeat_interleave(num_tasks, dim=0)
+    raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def unstack_tasks(y: Tensor, num_tasks: int, layout: Layout = "task_major") -> tuple[Tensor, ...]:
+    """Split an all-tasks output into one view per task (the inverse of :func:`stack_tasks`)."""
+    if y.size(0) % num_tasks:
+        raise ValueError(f"batch of {y.size(0)} samples is not divisible by {num_tasks} tasks")
+    if layout == "task_major":
+        return y.unflatten(0, (num_tasks, -1)).unbind(0)
+    if layout == "sample_major":
+        return y.unflatten(0, (-1, num_tasks)).unbind(1)
+    raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
