@@ -57,8 +57,8 @@ class _BatchNormStats(nn.Module):
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(stats_shape, **factory_kwargs))
             self.register_buffer("running_var", torch.ones(stats_shape, **factory_kwargs))
-            counter = torch.zeros(stats_shape[:-1], dtype=torch.long, device=factory_kwargs["device"])
-            self.register_buffer("num_batches_tracked", counter)
+            self.register_buffer("num_batches_tracked", torch.zeros(
+                stats_shape[:-1], dtype=torch.long, device=factory_kwargs["device"]))
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
@@ -165,6 +165,7 @@ class _SigmaBatchNorm(_BatchNormStats):
         self.init_mean = init_mean
         self.init_std = init_std
         self.weight = nn.Parameter(torch.empty(num_features, **factory_kwargs))
+        self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from tasknorm.nn.routing import Layout
 
 
 def fold_tasks(x: Tensor, num_tasks: int, layout: Layout) -> Tensor:
-    """``(T*N, C, *S)`` → ``(N, T*C, *S)``; a view for ``sample_major``, a copy for ``task_major``."""
+    """``(T*N, C, *S)`` → ``(N, T*C, *S)``: a view for ``sample_major`` (when ``x`` is
+    contiguous), a copy for ``task_major``."""
     if layout == "sample_major":
         return x.reshape(-1, num_tasks * x.size(1), *x.shape[2:])
     per_task = x.unflatten(0, (num_tasks, -1))

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -179,8 +179,10 @@ class TaskRouted(nn.Module):
                 f"{saved}, this layer has tasks {self.tasks}"
             )
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):  # noqa: ANN001, ANN202 (torch hook)
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              local_metadata: dict[str, Any], strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
         key = prefix + "_extra_state"
         if key in state_dict:
             self._check_saved_tasks(state_dict[key], prefix.rstrip(".") or type(self).__name__)
