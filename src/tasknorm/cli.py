@@ -1,20 +1,119 @@
-"""The ``tasknorm`` command."""
+"""The ``tasknorm`` command.
+
+* ``tasknorm fit [--config FILE] [--key value ...]``: train (default: TSσBN on MultiDigits),
+  test the best validation checkpoint, print a per-task table and where everything went.
+* ``tasknorm test CKPT``: test a checkpoint with the configuration of the run that wrote it.
+* ``tasknorm validate`` / ``tasknorm test --config ... --ckpt_path ...``: LightningCLI as usual.
+* ``tasknorm compare``: see :mod:`tasknorm.compare`.
+"""
 
 from __future__ import annotations
 
-import argparse
+import sys
+import warnings
 from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from tasknorm.io import write_json
+from tasknorm.train import MultiTaskModule
+
+DEFAULT_CONFIG = str(files("tasknorm") / "configs" / "multidigits.yaml")
+
+
+def parse_results(logged: dict[str, float], stage: str = "test") -> dict[str, dict[str, float]]:
+    """``{"test/left/accuracy": v, ...}`` → ``{"left": {"accuracy": v}, ...}``."""
+    results: dict[str, dict[str, float]] = {}
+    for key, value in logged.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == stage:
+            results.setdefault(parts[1], {})[parts[2]] = float(value)
+    return results
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """A plain-text table with one row per task and one column per metric."""
+    metrics = sorted({m for values in results.values() for m in values})
+    header = f"{'task':<12}" + "".join(f"{m:>12}" for m in metrics)
+    rows = [f"{task:<12}" + "".join(f"{values.get(m, float('nan')):>12.4f}" for m in metrics)
+            for task, values in results.items()]
+    return "\n".join([header, *rows])
+
+
+class TasknormCLI(LightningCLI):
+    """LightningCLI for :class:`MultiTaskModule`; the datamodule supplies the tasks."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True,
+                 quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.results: dict[str, Any] = {}
+        super().__init__(
+            MultiTaskModule, L.LightningDataModule, subclass_mode_data=True,
+            parser_kwargs={command: {"default_config_files": [DEFAULT_CONFIG]}
+                           for command in ("fit", "validate", "test")},
+            save_config_kwargs={"overwrite": True}, args=args, run=run)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if trainer.interrupted:
+            return
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        logged = trainer.test(self.model, datamodule=self.datamodule,
+                              ckpt_path=best or None, verbose=False)
+        self._report(logged, best)
+
+    def after_test(self) -> None:
+        if self.subcommand == "test":
+            self._report(self._test_logged(), self.config.test.get("ckpt_path") or "")
+
+    def _test_logged(self) -> list[dict[str, float]]:
+        return [dict(self.trainer.callback_metrics.items())]
+
+    def _report(self, logged: list[dict[str, float]], checkpoint: str) -> None:
+        results = parse_results({k: float(v) for k, v in logged[0].items()})
+        log_dir = Path(self.trainer.log_dir or ".")
+        self.results = {"test": results, "checkpoint": checkpoint,
+                        "log_dir": str(log_dir), "epochs": self.trainer.current_epoch}
+        if self.trainer.is_global_zero:
+            path = write_json(log_dir / "results.json", self.results)
+            if not self.quiet:
+                source = f"checkpoint {checkpoint}" if checkpoint else "final model"
+                print(f"\nTest split, {source}")
+                print(format_table(results))
+                print(f"\nresults:    {path}\nlogs:       {log_dir}"
+                      f"\ncheckpoint: {checkpoint or '(none)'}")
+
+
+def _test_args(argv: list[str]) -> list[str]:
+    """``test CKPT [...]`` → ``test --config <run>/config.yaml --ckpt_path CKPT [...]``."""
+    checkpoint = Path(argv[1])
+    if not checkpoint.is_file():
+        raise SystemExit(f"tasknorm test: checkpoint {checkpoint} does not exist")
+    config = checkpoint.parent.parent / "config.yaml"
+    if not config.is_file():
+        raise SystemExit(f"tasknorm test: no config.yaml of the run beside {checkpoint} "
+                         f"(looked for {config}); pass --config explicitly")
+    return ["test", "--config", str(config), "--ckpt_path", str(checkpoint), *argv[2:]]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tasknorm", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train a TSσBN ResNet-18 on two synthetic tasks")
-    demo.add_argument("--steps", type=int, default=60)
-    demo.add_argument("--batch-size", type=int, default=32)
-    demo.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from tasknorm.demo import main as demo_main
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["compare"]:
+        from tasknorm.compare import main as compare_main
 
-        demo_main(args.steps, args.batch_size, args.seed)
+        compare_main(args[1:])
+        return
+    if len(args) >= 2 and args[0] == "test" and not args[1].startswith("-"):
+        args = _test_args(args)
+    if not args:
+        args = ["fit"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        TasknormCLI(args)

@@ -1,0 +1,88 @@
+"""Backbones: feature extractors with an ``out_features`` attribute, built by name.
+
+Builders follow torchvision: one function per model, no weights loaded at construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+
+class DigitsCNN(nn.Module):
+    """A small conv net for MultiDigits-sized images: four conv-BN-ReLU blocks (two strided) and
+    global average pooling; ``out_features = 4 * width``."""
+
+    def __init__(self, in_channels: int = 1, width: int = 32) -> None:
+        super().__init__()
+        widths = (width, 2 * width, 2 * width, 4 * width)
+        strides = (1, 2, 1, 2)
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for out, stride in zip(widths, strides, strict=True):
+            layers += [nn.Conv2d(channels, out, 3, stride, 1, bias=False), nn.BatchNorm2d(out),
+                       nn.ReLU(inplace=True)]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = channels
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
+def digits_cnn(in_channels: int = 1, width: int = 32) -> DigitsCNN:
+    """The MultiDigits default backbone."""
+    return DigitsCNN(in_channels, width)
+
+
+def torchvision_resnet(name: str, in_channels: int = 3) -> nn.Module:
+    """A torchvision ResNet trunk (random init) whose ``fc`` is removed."""
+    model = getattr(torchvision.models, name)(weights=None)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    model.out_features = model.fc.in_features
+    model.fc = nn.Identity()
+    return model
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "digits_cnn": digits_cnn,
+    "resnet18": lambda **kw: torchvision_resnet("resnet18", **kw),
+    "resnet50": lambda **kw: torchvision_resnet("resnet50", **kw),
+}
+
+
+def build_backbone(name: str, **kwargs: object) -> nn.Module:
+    """Build the backbone registered as ``name`` (see :data:`BACKBONES`)."""
+    try:
+        builder = BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; expected one of "
+                         f"{sorted(BACKBONES)}") from None
+    model = builder(**kwargs)
+    if not isinstance(getattr(model, "out_features", None), int):
+        raise TypeError(f"backbone {name!r} must set an integer out_features")
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, example: Tensor) -> int:
+    """FLOPs of one forward pass of ``model`` on ``example`` (``torch.utils.flop_counter``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(example)
+    return counter.get_total_flops()

@@ -1,0 +1,176 @@
+"""The LightningModule that trains a :class:`~tasknorm.models.MultiTaskModel`.
+
+Data path: batch ``{"image": x, "<task>": target}`` → model → ``{"<task>": output}`` → each
+task's loss and metrics → loss weighting → optimizer. Metrics are torchmetrics objects, so they
+are synchronised across processes under DDP. Checkpoints select on ``val/selection``: the mean
+over tasks of each primary validation metric, negated where lower is better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from tasknorm.models import MultiTaskModel, build_backbone
+from tasknorm.models.multitask import Architecture
+from tasknorm.nn import param_groups
+from tasknorm.nn.convert import GateInit
+from tasknorm.nn.routing import Layout
+from tasknorm.tasks import Task
+from tasknorm.train.weighting import build_weighting
+
+SELECTION_METRIC = "val/selection"
+
+
+class MultiTaskModule(L.LightningModule):
+    """Multi-task training with any sharing architecture and loss weighting.
+
+    Args:
+        tasks: the tasks (normally linked from the datamodule's ``tasks``).
+        backbone: name of a backbone in :data:`tasknorm.models.BACKBONES`.
+        backbone_args: keyword arguments of the backbone builder.
+        architecture: ``single_task``, ``hard``, ``sigma``, ``task`` (TSBN) or ``task_sigma``.
+        weighting: ``equal``, ``uncertainty`` or ``dwa``.
+        optimizer: ``sgd`` (momentum, Nesterov) or ``adam``.
+        lr: base learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay of non-normalization parameters.
+        norm_lr_mult: learning-rate multiplier of normalization parameters (σBN recipe: 10).
+        norm_weight_decay: weight decay of normalization parameters (σBN recipe: 0).
+        scheduler: ``cosine`` (over ``max_epochs``) or ``none``.
+        gate_init: σ-gate initialisation for converted backbones (``normal`` or ``pretrained``).
+        layout: batch layout of the all-tasks pass.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        backbone: str = "digits_cnn",
+        backbone_args: dict[str, Any] | None = None,
+        architecture: Architecture = "task_sigma",
+        weighting: str = "equal",
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        norm_lr_mult: float = 10.0,
+        norm_weight_decay: float = 0.0,
+        scheduler: Literal["cosine", "none"] = "cosine",
+        gate_init: GateInit = "normal",
+        layout: Layout = "sample_major",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["tasks"])
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adam'")
+        if scheduler not in ("cosine", "none"):
+            raise ValueError(f"unknown scheduler {scheduler!r}; expected 'cosine' or 'none'")
+        self.tasks = {task.name: task for task in tasks}
+        builder = partial(build_backbone, backbone, **(backbone_args or {}))
+        self.model = MultiTaskModel(builder, list(tasks), architecture, gate_init, layout)
+        self.directions = {name: task.higher_is_better for name, task in self.tasks.items()}
+        self.weighting = build_weighting(weighting, list(self.tasks))
+        self.metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({name: task.build_metrics() for name, task in self.tasks.items()})
+            for stage in ("val", "test")
+        })
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.model(x)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        outputs = self.model(batch["image"])
+        losses = self._losses(outputs, batch)
+        for name, loss in losses.items():
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss of task {name!r} is {loss.item()} at step "
+                                         f"{self.global_step} (epoch {self.current_epoch})")
+        total = self.weighting(losses)
+        size = batch["image"].size(0)
+        self.log_dict({f"train/{name}_loss": loss.detach() for name, loss in losses.items()},
+                      on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=size)
+        return total
+
+    def on_train_epoch_end(self) -> None:
+        metrics = self.trainer.callback_metrics
+        self.weighting.epoch_end({name: float(metrics[f"train/{name}_loss"])
+                                  for name in self.tasks})
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        results = self._compute_metrics("val")
+        scores = []
+        for name, task in self.tasks.items():
+            value = results[name][task.primary]
+            scores.append(value if self.directions[name][task.primary] else -value)
+        self.log(SELECTION_METRIC, sum(scores) / len(scores), prog_bar=True, sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._compute_metrics("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = param_groups(self, hp.lr, weight_decay=hp.weight_decay,
+                              norm_lr_mult=hp.norm_lr_mult,
+                              norm_weight_decay=hp.norm_weight_decay)
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
+        else:
+            optimizer = torch.optim.Adam(groups, lr=hp.lr)
+        if hp.scheduler == "none":
+            return {"optimizer": optimizer}
+        epochs = self.trainer.max_epochs
+        if epochs is None or epochs < 1:
+            raise ValueError("scheduler='cosine' needs trainer.max_epochs")
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tasknorm"] = self._identity()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("tasknorm")
+        if saved != self._identity():
+            raise ValueError(f"incompatible checkpoint: it holds {saved}, this model is "
+                             f"{self._identity()}")
+
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint must match to be loaded into this module."""
+        return {"tasks": list(self.tasks), "backbone": self.hparams.backbone,
+                "architecture": self.hparams.architecture}
+
+    def _losses(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {name: task.loss(outputs[name], batch[name]) for name, task in self.tasks.items()}
+
+    def _evaluate_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        outputs = self.model(batch["image"])
+        losses = self._losses(outputs, batch)
+        self.log_dict({f"{stage}/{name}_loss": loss for name, loss in losses.items()},
+                      batch_size=batch["image"].size(0), sync_dist=True)
+        for name in self.tasks:
+            self.metrics[stage][name].update(outputs[name], batch[name])
+
+    def _compute_metrics(self, stage: str) -> dict[str, dict[str, float]]:
+        """Compute (synchronised), log and reset the metrics of ``stage``."""
+        results: dict[str, dict[str, float]] = {}
+        for name in self.tasks:
+            collection = self.metrics[stage][name]
+            values = {metric: float(value) for metric, value in collection.compute().items()}
+            collection.reset()
+            results[name] = values
+            for metric, value in values.items():
+                if not math.isnan(value):
+                    self.log(f"{stage}/{name}/{metric}", value, sync_dist=True)
+        return results
