@@ -60,6 +60,17 @@ class TasknormCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
 
+    def instantiate_classes(self) -> None:
+        """Instantiate with all loggers sharing one version folder; the saved config keeps
+        ``version: null`` so that re-running it starts a new folder."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        loggers = config.trainer.logger
+        shared = isinstance(loggers, list) and _share_version(loggers)
+        super().instantiate_classes()
+        if shared:
+            for logger in loggers:
+                logger.init_args.version = None
+
     def after_fit(self) -> None:
         trainer = self.trainer
         if trainer.interrupted:
@@ -67,28 +78,44 @@ class TasknormCLI(LightningCLI):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         logged = trainer.test(self.model, datamodule=self.datamodule,
                               ckpt_path=best or None, verbose=False)
-        self._report(logged, best)
+        self._report(logged[0], best)
 
     def after_test(self) -> None:
-        if self.subcommand == "test":
-            self._report(self._test_logged(), self.config.test.get("ckpt_path") or "")
+        checkpoint = self.config.test.get("ckpt_path") or ""
+        name = f"test-{Path(checkpoint).stem}.json" if checkpoint else "test.json"
+        folder = Path(checkpoint).parent.parent if checkpoint else Path(self.trainer.log_dir)
+        self._report(dict(self.trainer.callback_metrics), checkpoint, folder / name)
 
-    def _test_logged(self) -> list[dict[str, float]]:
-        return [dict(self.trainer.callback_metrics.items())]
-
-    def _report(self, logged: list[dict[str, float]], checkpoint: str) -> None:
-        results = parse_results({k: float(v) for k, v in logged[0].items()})
+    def _report(self, logged: dict[str, Any], checkpoint: str, path: Path | None = None) -> None:
+        results = parse_results({k: float(v) for k, v in logged.items()})
         log_dir = Path(self.trainer.log_dir or ".")
         self.results = {"test": results, "checkpoint": checkpoint,
                         "log_dir": str(log_dir), "epochs": self.trainer.current_epoch}
         if self.trainer.is_global_zero:
-            path = write_json(log_dir / "results.json", self.results)
+            path = write_json(path or log_dir / "results.json", self.results)
             if not self.quiet:
                 source = f"checkpoint {checkpoint}" if checkpoint else "final model"
                 print(f"\nTest split, {source}")
                 print(format_table(results))
-                print(f"\nresults:    {path}\nlogs:       {log_dir}"
-                      f"\ncheckpoint: {checkpoint or '(none)'}")
+                print(f"\nresults:    {path}")
+                if self.trainer.loggers:
+                    print(f"logs:       {log_dir}")
+                print(f"checkpoint: {checkpoint or '(none)'}")
+
+
+def _share_version(loggers: list[Any]) -> bool:
+    """Give every logger the first free version number of the first logger's folder (unless
+    one has an explicit version), so that all of a run's logs land in one ``version_N``."""
+    if any(logger.init_args.get("version") is not None for logger in loggers):
+        return False
+    first = loggers[0].init_args
+    root = Path(first.get("save_dir") or ".") / (first.get("name") or "")
+    taken = [int(p.name.split("_")[1]) for p in root.glob("version_*")
+             if p.name.split("_")[1].isdigit()]
+    version = max(taken, default=-1) + 1
+    for logger in loggers:
+        logger.init_args.version = version
+    return True
 
 
 def _test_args(argv: list[str]) -> list[str]:
@@ -100,7 +127,8 @@ def _test_args(argv: list[str]) -> list[str]:
     if not config.is_file():
         raise SystemExit(f"tasknorm test: no config.yaml of the run beside {checkpoint} "
                          f"(looked for {config}); pass --config explicitly")
-    return ["test", "--config", str(config), "--ckpt_path", str(checkpoint), *argv[2:]]
+    return ["test", "--config", str(config), "--ckpt_path", str(checkpoint),
+            "--trainer.logger", "false", *argv[2:]]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -96,9 +96,9 @@ class _BatchNormStats(nn.Module):
             running_var = self.running_var[index].view(-1)
             if self.training:
                 counter = self.num_batches_tracked[index]
-                counter.add_(1)
                 if self.momentum is None:
-                    factor = 1.0 / float(_common_count(counter, self))
+                    factor = 1.0 / (_common_count(counter, self) + 1)
+                counter.add_(1)
         use_batch_stats = self.training or not self.track_running_stats
         if not self.training and not self.track_running_stats:
             running_mean = running_var = None

@@ -1,0 +1,153 @@
+"""``tasknorm compare``: train every sharing architecture over several seeds and tabulate.
+
+For each architecture and seed, one ``tasknorm fit`` run (same configuration, the architecture and
+seed overridden) is trained, its best validation checkpoint tested, and its test metrics,
+parameters, FLOPs per image (``torch.utils.flop_counter``, all tasks' outputs) and wall time
+recorded. The single-task runs give the baseline of Δm (saved as ``baseline.json``; pass
+``--baseline FILE`` to reuse one). Writes ``compare.json``, ``compare.csv`` and ``compare.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tasknorm.io import write_json, write_text
+from tasknorm.models import ARCHITECTURES, count_flops, count_parameters
+from tasknorm.tasks import delta_m
+
+LABELS = {"single_task": "single-task", "hard": "hard sharing (BN)", "sigma": "hard sharing (σBN)",
+          "task": "TSBN", "task_sigma": "TSσBN"}
+DELTA_CONVENTION = "Δm: per-task mean of ±(M−B)/B over all metrics, then mean over tasks; + = better"
+
+
+def run_one(architecture: str, seed: int, output: Path, config: str | None,
+            overrides: Sequence[str]) -> dict[str, Any]:
+    """Train and test one architecture with one seed; return its record."""
+    from tasknorm.cli import TasknormCLI
+
+    logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+               "init_args": {"save_dir": str(output), "name": architecture,
+                             "version": f"seed{seed}"}}]
+    args = ["fit", *(["--config", config] if config else []),
+            "--model.architecture", architecture, "--seed_everything", str(seed),
+            "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", *overrides]
+    start = time.perf_counter()
+    cli = TasknormCLI(args, quiet=True)
+    seconds = time.perf_counter() - start
+    example = cli.datamodule.splits["test"][0]["image"].unsqueeze(0)
+    model = cli.model.model.eval()
+    return {"architecture": architecture, "seed": seed, "test": cli.results["test"],
+            "parameters": count_parameters(model), "flops": count_flops(model, example),
+            "seconds": seconds, "checkpoint": cli.results["checkpoint"],
+            "higher_is_better": {name: task.higher_is_better
+                                 for name, task in cli.model.tasks.items()}}
+
+
+def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float]] | None
+              ) -> dict[str, Any]:
+    """Mean ± std over seeds per architecture and metric, and Δm against ``baseline``."""
+    summary: dict[str, Any] = {}
+    for arch in dict.fromkeys(r["architecture"] for r in records):
+        runs = [r for r in records if r["architecture"] == arch]
+        metrics = {task: {m: _mean_std([r["test"][task][m] for r in runs]) for m in values}
+                   for task, values in runs[0]["test"].items()}
+        means = {task: {m: v["mean"] for m, v in values.items()} for task, values in metrics.items()}
+        summary[arch] = {
+            "seeds": [r["seed"] for r in runs], "metrics": metrics,
+            "delta_m": (delta_m(means, baseline, runs[0]["higher_is_better"])
+                        if baseline is not None else None),
+            "parameters": runs[0]["parameters"], "flops": runs[0]["flops"],
+            "seconds": _mean_std([r["seconds"] for r in runs]),
+        }
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """One row per architecture: metrics (mean ± std), Δm, parameters, FLOPs, time."""
+    first = next(iter(summary.values()))["metrics"]
+    columns = [(task, m) for task, values in first.items() for m in values]
+    header = ["architecture", *[f"{t} {m}" for t, m in columns], "Δm %", "params",
+              "MFLOPs/img", "time s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arch, row in summary.items():
+        cells = [LABELS.get(arch, arch)]
+        cells += [_pm(row["metrics"][t][m], 100) for t, m in columns]
+        cells.append("—" if row["delta_m"] is None else f"{row['delta_m']:+.2f}")
+        cells += [f"{row['parameters']:,}", f"{row['flops'] / 1e6:.1f}", _pm(row["seconds"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tasknorm compare", description=__doc__)
+    parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES),
+                        choices=ARCHITECTURES)
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    parser.add_argument("--config", help="a tasknorm fit config (default: the MultiDigits one)")
+    parser.add_argument("--baseline", help="single-task results JSON ({task: {metric: value}})")
+    parser.add_argument("--output", default="runs/compare", help="folder for logs and tables")
+    parser.add_argument("overrides", nargs="*",
+                        help="extra fit options after --, e.g. -- --trainer.max_epochs 4")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    output = Path(args.output)
+    records = [run_one(arch, seed, output, args.config, args.overrides)
+               for arch in args.architectures for seed in range(args.seeds)]
+    baseline = _baseline(args.baseline, records, output)
+    summary = summarise(records, baseline)
+    table = markdown(summary)
+    command = "tasknorm compare " + " ".join(argv if argv is not None else [])
+    write_json(output / "compare.json", {"command": command.strip(), "records": records,
+                                         "summary": summary, "baseline": baseline})
+    write_text(output / "compare.csv", _csv(records))
+    write_text(output / "compare.md", f"`{command.strip()}`\n\n{table}\n\n{DELTA_CONVENTION}\n")
+    print(table)
+    print(f"\n{DELTA_CONVENTION}\nwritten: {output}/compare.{{json,csv,md}}")
+
+
+def _baseline(path: str | None, records: list[dict[str, Any]], output: Path
+              ) -> dict[str, dict[str, float]] | None:
+    if path is not None:
+        try:
+            return json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise SystemExit(f"tasknorm compare: cannot read baseline {path}: {error}") from None
+    runs = [r for r in records if r["architecture"] == "single_task"]
+    if not runs:
+        return None
+    baseline = {task: {m: statistics.fmean(r["test"][task][m] for r in runs) for m in values}
+                for task, values in runs[0]["test"].items()}
+    write_json(output / "baseline.json", baseline)
+    return baseline
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def _pm(value: dict[str, float], scale: float) -> str:
+    return f"{value['mean'] * scale:.2f} ± {value['std'] * scale:.2f}"
+
+
+def _csv(records: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["architecture", "seed", "task", "metric", "value", "parameters", "flops",
+                     "seconds"])
+    for r in records:
+        for task, values in r["test"].items():
+            for metric, value in values.items():
+                writer.writerow([r["architecture"], r["seed"], task, metric, value,
+                                 r["parameters"], r["flops"], f"{r['seconds']:.1f}"])
+    return buffer.getvalue()
