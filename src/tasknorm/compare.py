@@ -25,7 +25,8 @@ from tasknorm.tasks import delta_m
 
 LABELS = {"single_task": "single-task", "hard": "hard sharing (BN)", "sigma": "hard sharing (σBN)",
           "task": "TSBN", "task_sigma": "TSσBN"}
-DELTA_CONVENTION = "Δm: per-task mean of ±(M−B)/B over all metrics, then mean over tasks; + = better"
+DELTA_CONVENTION = ("Δm: per-task mean of ±(M−B)/B over all metrics, then mean over tasks; "
+                    "+ = better")
 
 
 def run_one(architecture: str, seed: int, output: Path, config: str | None,
@@ -60,7 +61,8 @@ def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float
         runs = [r for r in records if r["architecture"] == arch]
         metrics = {task: {m: _mean_std([r["test"][task][m] for r in runs]) for m in values}
                    for task, values in runs[0]["test"].items()}
-        means = {task: {m: v["mean"] for m, v in values.items()} for task, values in metrics.items()}
+        means = {task: {m: v["mean"] for m, v in values.items()}
+                 for task, values in metrics.items()}
         summary[arch] = {
             "seeds": [r["seed"] for r in runs], "metrics": metrics,
             "delta_m": (delta_m(means, baseline, runs[0]["higher_is_better"])
