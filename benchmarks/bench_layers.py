@@ -5,6 +5,9 @@ forward, loss, backward; no optimizer step) of
 
 * ``T × shared``: T steps of the plain torchvision model (shared BatchNorm) on N images, the
   compute a multi-task step needs at least (the backbone runs once per task);
+* ``shared on T·N``: one step of the plain model on the T·N stacked images, the same work as
+  the batched step in one call, which separates the cost of our layers from how the hardware
+  scales with batch size;
 * ``batched``: the TSσBN model on all T tasks in one call (N·T images), per batch layout;
 * ``loop``: the TSσBN model, one forward per task (``use_task``), one backward.
 
@@ -100,8 +103,15 @@ def bench_training(name: str, batch: int, num_tasks: int, args: argparse.Namespa
         plain.zero_grad(set_to_none=True)
         plain(x).square().mean().backward()
 
+    stacked_x = stack_tasks(x, num_tasks)
+
+    def shared_stacked_step() -> None:
+        plain.zero_grad(set_to_none=True)
+        plain(stacked_x).square().mean().backward()
+
     shared = median_seconds(shared_step, device, args.warmup, args.repeats)
     shared_memory = peak_memory(shared_step, device)
+    stacked = median_seconds(shared_stacked_step, device, args.warmup, args.repeats)
     rows = []
     for variant, step in training_steps(converted, tasks, x).items():
         if variant != "loop" and variant not in args.layouts:
@@ -109,7 +119,8 @@ def bench_training(name: str, batch: int, num_tasks: int, args: argparse.Namespa
         seconds = median_seconds(step, device, args.warmup, args.repeats)
         rows.append({"model": name, "batch": batch, "tasks": num_tasks, "variant": variant,
                      "shared_ms": 1000 * shared, "t_shared_ms": 1000 * shared * num_tasks,
-                     "ms": 1000 * seconds, "ratio": seconds / (shared * num_tasks),
+                     "shared_stacked_ms": 1000 * stacked, "ms": 1000 * seconds,
+                     "ratio": seconds / (shared * num_tasks), "stacked_ratio": seconds / stacked,
                      "peak_bytes": peak_memory(step, device),
                      "shared_peak_bytes": shared_memory})
     return rows
@@ -173,12 +184,14 @@ def markdown(result: dict) -> str:
              f"torch {result['environment']['torch']}, images "
              f"{result['environment']['image_size']}², median of "
              f"{result['environment']['repeats']}", "",
-             "| model | N | T | variant | T × shared ms | ms | ÷ (T × shared) | peak MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | N | T | variant | T × shared ms | shared on T·N ms | ms "
+             "| ÷ (T × shared) | ÷ (shared on T·N) | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["training"]:
         memory = "—" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f}"
         lines.append(f"| {r['model']} | {r['batch']} | {r['tasks']} | {r['variant']} | "
-                     f"{r['t_shared_ms']:.1f} | {r['ms']:.1f} | {r['ratio']:.3f} | {memory} |")
+                     f"{r['t_shared_ms']:.1f} | {r['shared_stacked_ms']:.1f} | {r['ms']:.1f} | "
+                     f"{r['ratio']:.3f} | {r['stacked_ratio']:.3f} | {memory} |")
     lines += ["", "| model | T | BN channels | plain params | TSσBN params | ratio |",
               "|---|---|---|---|---|---|"]
     for r in result["parameters"]:

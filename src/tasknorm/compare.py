@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES),
                         choices=ARCHITECTURES)
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="training epochs per run (3 keeps the default within 15 minutes "
+                             "on 2 CPU cores)")
     parser.add_argument("--config", help="a tasknorm fit config (default: the MultiDigits one)")
     parser.add_argument("--baseline", help="single-task results JSON ({task: {metric: value}})")
     parser.add_argument("--output", default="runs/compare", help="folder for logs and tables")
@@ -103,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     output = Path(args.output)
-    records = [run_one(arch, seed, output, args.config, args.overrides)
+    overrides = ["--trainer.max_epochs", str(args.epochs), *args.overrides]
+    records = [run_one(arch, seed, output, args.config, overrides)
                for arch in args.architectures for seed in range(args.seeds)]
     baseline = _baseline(args.baseline, records, output)
     summary = summarise(records, baseline)

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from tasknorm.data import MultiDigitsDataModule, MultiDigitsSpec, generate, load_multidigits
+
+SMALL = MultiDigitsSpec(sizes=(200, 50, 50))
+
+
+@pytest.fixture(scope="module")
+def small():
+    return generate(SMALL)
+
+
+def test_shapes_and_label_ranges(small):
+    size = SMALL.image_size
+    for split, n in zip(("train", "val", "test"), SMALL.sizes, strict=True):
+        assert small[split]["image"].shape == (n, size, size)
+        assert small[split]["image"].dtype == np.uint8
+        for task in ("left", "right"):
+            labels = small[split][task]
+            assert labels.min() >= 0 and labels.max() <= 9
+
+
+def test_generation_is_deterministic_and_seeded(small):
+    again = generate(SMALL)
+    for split in small:
+        for key in small[split]:
+            assert np.array_equal(small[split][key], again[split][key])
+    other = generate(MultiDigitsSpec(sizes=(200, 50, 50), seed=1))
+    assert not np.array_equal(other["train"]["image"], small["train"]["image"])
+
+
+def test_composites_are_real_digits_placed_as_documented():
+    """Undo the composition independently: the left digit's top-left block is untouched where
+    the right digit does not reach, and must be one of the scaled sklearn digits."""
+    spec = MultiDigitsSpec(sizes=(20, 5, 5), jitter=0)
+    data = generate(spec)["train"]
+    digits = load_digits()
+    scaled = np.round(digits.images * (255 / 16)).astype(np.uint8).repeat(2, 1).repeat(2, 2)
+    corner = spec.shift  # rows/cols [0, shift) are covered by the left digit only
+    for image, label in zip(data["image"], data["left"], strict=True):
+        matches = [i for i in range(len(scaled))
+                   if np.array_equal(scaled[i, :corner, :corner], image[:corner, :corner])
+                   and digits.target[i] == label]
+        assert matches
+
+
+def test_even_odd_variant_labels_index_the_even_and_odd_classes():
+    spec = MultiDigitsSpec(variant="even_odd", sizes=(300, 20, 20))
+    data = generate(spec)["train"]
+    assert spec.num_classes == 5
+    assert set(np.unique(data["left"])) == set(range(5))
+    assert set(np.unique(data["right"])) == set(range(5))
+
+
+def test_source_digits_are_disjoint_across_splits(monkeypatch):
+    """Record which source images each split draws from: no image feeds two splits."""
+    from tasknorm.data import multidigits
+
+    used: list[set[int]] = []
+    original = multidigits._draw
+
+    def recording_draw(pool, targets, classes, size, rng):
+        drawn = original(pool, targets, classes, size, rng)
+        used.append(set(drawn.tolist()))
+        return drawn
+
+    monkeypatch.setattr(multidigits, "_draw", recording_draw)
+    generate(MultiDigitsSpec(sizes=(2000, 500, 500)))
+    train, val, test = used[0] | used[1], used[2] | used[3], used[4] | used[5]
+    assert not (train & val) and not (train & test) and not (val & test)
+
+
+def test_cache_round_trip_and_corrupt_cache_is_regenerated(tmp_path):
+    first = load_multidigits(SMALL, tmp_path)
+    files = list(tmp_path.glob("multidigits-*.npz"))
+    assert len(files) == 1
+    cached = load_multidigits(SMALL, tmp_path)
+    assert torch.equal(cached["test"].images, first["test"].images)
+    files[0].write_bytes(b"not a zip file")
+    regenerated = load_multidigits(SMALL, tmp_path)
+    assert torch.equal(regenerated["test"].images, first["test"].images)
+
+
+def test_items_follow_the_batch_convention(tmp_path):
+    item = load_multidigits(SMALL, tmp_path)["train"][0]
+    assert set(item) == {"image", "left", "right"}
+    assert item["image"].shape == (1, SMALL.image_size, SMALL.image_size)
+    assert 0 <= item["image"].min() and item["image"].max() <= 1
+    assert item["left"].dtype == torch.long
+
+
+def test_bad_specs_are_rejected():
+    with pytest.raises(ValueError, match="unknown MultiDigits variant 'odd_even'"):
+        MultiDigitsSpec(variant="odd_even")
+    with pytest.raises(ValueError, match="three positive split sizes"):
+        MultiDigitsSpec(sizes=(10, 0, 10))
+    with pytest.raises(ValueError, match="summing to 1"):
+        MultiDigitsSpec(source_fractions=(0.5, 0.5, 0.5))
+
+
+def test_datamodule_tasks_and_loaders(tmp_path):
+    module = MultiDigitsDataModule(variant="even_odd", sizes=(64, 16, 16), batch_size=8,
+                                   cache_dir=str(tmp_path))
+    assert [(t.name, t.num_classes) for t in module.tasks] == [("left", 5), ("right", 5)]
+    module.setup("fit")
+    batch = next(iter(module.val_dataloader()))
+    assert batch["image"].shape == (8, 1, module.spec.image_size, module.spec.image_size)
+
+
+def test_training_order_depends_only_on_seed_and_epoch(tmp_path):
+    """What makes resuming exact: a fresh loader at epoch e replays epoch e's batches."""
+    module = MultiDigitsDataModule(sizes=(64, 16, 16), batch_size=8, cache_dir=str(tmp_path))
+    module.setup("fit")
+
+    def epoch_labels(epoch):
+        loader = module.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([b["left"] for b in loader])
+
+    assert torch.equal(epoch_labels(1), epoch_labels(1))
+    assert not torch.equal(epoch_labels(0), epoch_labels(1))
+    assert len(epoch_labels(0)) == 64

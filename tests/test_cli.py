@@ -1,0 +1,66 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from tasknorm.cli import main, parse_results
+
+TINY = ["--trainer.max_epochs", "2", "--data.init_args.sizes", "[256, 64, 64]",
+        "--data.init_args.batch_size", "32", "--model.backbone_args", '{"width": 8}',
+        "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TASKNORM_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_fit_then_test_checkpoint(workdir, capsys):
+    main(["fit", *TINY])
+    out = capsys.readouterr().out
+    run = workdir / "runs" / "multidigits" / "version_0"
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["test"]) == {"left", "right"}
+    assert set(results["test"]["left"]) == {"accuracy", "f1"}
+    assert "results:" in out and "left" in out and "runs/multidigits/version_0" in out
+    assert (run / "metrics.csv").is_file() and (run / "config.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    best = results["checkpoint"]
+    assert best.startswith("runs/multidigits/version_0/checkpoints/best-")
+    main(["test", best])
+    retested = json.loads((run / f"test-{Path(best).stem}.json").read_text())
+    for task, values in results["test"].items():
+        assert retested["test"][task] == pytest.approx(values)
+    assert json.loads((run / "results.json").read_text()) == results  # not overwritten
+
+
+def test_second_run_gets_a_new_folder(workdir):
+    main(["fit", *TINY, "--trainer.max_epochs", "1"])
+    main(["fit", *TINY, "--trainer.max_epochs", "1"])
+    versions = sorted(p.name for p in (workdir / "runs" / "multidigits").iterdir())
+    assert versions == ["version_0", "version_1"]
+
+
+def test_unknown_config_key_is_a_clear_error(workdir, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.architecturee", "hard"])
+    assert "architecturee" in capsys.readouterr().err
+
+
+def test_unknown_architecture_is_a_clear_error(workdir, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", *TINY, "--model.architecture", "soft"])
+    error = capsys.readouterr().err
+    assert "model.architecture" in error and "soft" in error
+
+
+def test_test_needs_an_existing_checkpoint(workdir):
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["test", "missing.ckpt"])
+
+
+def test_parse_results():
+    logged = {"test/left/accuracy": 0.5, "test/left_loss": 1.0, "val/left/accuracy": 0.4}
+    assert parse_results(logged) == {"left": {"accuracy": 0.5}}

@@ -1,0 +1,106 @@
+import lightning as L
+import pytest
+import torch
+
+from tasknorm.data import MultiDigitsDataModule
+from tasknorm.train import SELECTION_METRIC, MultiTaskModule
+
+
+@pytest.fixture
+def data(tmp_path):
+    return MultiDigitsDataModule(sizes=(256, 64, 64), batch_size=32, cache_dir=str(tmp_path))
+
+
+def trainer(tmp_path, **kwargs):
+    options = {"max_epochs": 2, "accelerator": "cpu", "deterministic": True, "logger": False,
+               "enable_progress_bar": False, "enable_model_summary": False,
+               "default_root_dir": str(tmp_path)}
+    return L.Trainer(**{**options, **kwargs})
+
+
+def module(data, **kwargs):
+    return MultiTaskModule(data.tasks, backbone_args={"width": 8}, **kwargs)
+
+
+@pytest.mark.parametrize("weighting", ["equal", "uncertainty", "dwa"])
+@pytest.mark.parametrize("architecture", ["single_task", "hard", "task_sigma"])
+def test_fit_validates_and_tests(tmp_path, data, architecture, weighting):
+    L.seed_everything(0)
+    model = module(data, architecture=architecture, weighting=weighting)
+    fit = trainer(tmp_path, enable_checkpointing=False)
+    fit.fit(model, data)
+    assert SELECTION_METRIC in fit.callback_metrics
+    results = fit.test(model, data, verbose=False)[0]
+    for task in ("left", "right"):
+        assert 0 <= results[f"test/{task}/accuracy"] <= 1
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_resume_is_exact(tmp_path, data):
+    """Two epochs in one go == one epoch, stop, resume from last.ckpt, second epoch."""
+
+    class StopAfterFirstEpoch(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    def run(folder, callbacks=(), ckpt_path=None):
+        L.seed_everything(0)
+        model = module(data)
+        checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / folder,
+                                                          save_last=True)
+        fit = trainer(tmp_path, callbacks=[checkpoints, *callbacks])
+        fit.fit(model, data, ckpt_path=ckpt_path)
+        return model
+
+    straight = run("straight")
+    run("interrupted", callbacks=[StopAfterFirstEpoch()])
+    resumed = run("interrupted", ckpt_path=tmp_path / "interrupted" / "last.ckpt")
+    resumed_state = resumed.state_dict()
+    tensors = {k: v for k, v in straight.state_dict().items() if isinstance(v, torch.Tensor)}
+    assert len(tensors) > 20
+    for name, tensor in tensors.items():
+        torch.testing.assert_close(tensor, resumed_state[name], msg=name)
+
+
+def test_nan_loss_stops_naming_task_and_step(tmp_path, data, monkeypatch):
+    model = module(data)
+    task = model.tasks["right"]
+    original = task.loss
+    calls = {"n": 0}
+
+    def poisoned(output, target):
+        calls["n"] += 1
+        loss = original(output, target)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(task, "loss", poisoned)
+    with pytest.raises(FloatingPointError, match=r"loss of task 'right' is nan at step 2"):
+        trainer(tmp_path, enable_checkpointing=False, num_sanity_val_steps=0).fit(model, data)
+
+
+def test_incompatible_checkpoint_is_refused(tmp_path, data):
+    L.seed_everything(0)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, max_epochs=1, callbacks=[checkpoints]).fit(module(data), data)
+    other = module(data, architecture="hard")
+    with pytest.raises(ValueError, match=r"incompatible checkpoint.*'architecture': 'task_sigma'"):
+        trainer(tmp_path, max_epochs=2, enable_checkpointing=False).fit(
+            other, data, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+
+def test_bad_options(data):
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        module(data, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="unknown loss weighting 'gradnorm'"):
+        module(data, weighting="gradnorm")
+    with pytest.raises(ValueError, match="unknown architecture 'soft'"):
+        module(data, architecture="soft")
+
+
+def test_norm_parameters_get_the_multiplier(data):
+    model = module(data, lr=0.01, norm_lr_mult=100, scheduler="none")
+    groups = model.configure_optimizers()["optimizer"].param_groups
+    assert [g["lr"] for g in groups] == [0.01, 1.0]
+    norm_params = {id(p) for p in groups[1]["params"]}
+    gates = [m.weight for m in model.modules() if hasattr(m, "gate")]
+    assert gates and all(id(g) in norm_params for g in gates)
