@@ -106,9 +106,9 @@ def test_norm_act_keeps_the_activation(originals):
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "vit_small_patch16_224",
                                   "efficientnet_b0",
-                                  pytest.param("resnet50", marks=pytest.mark.slow),
-                                  pytest.param("vgg16_bn", marks=pytest.mark.slow),
-                                  pytest.param("convnext_tiny", marks=pytest.mark.slow)])
+                                  "resnet50",
+                                  "vgg16_bn",
+                                  "convnext_tiny"])
 def test_converted_models_train_in_one_pass(originals, name):
     torch.manual_seed(0)
     model = convert(copy.deepcopy(originals[name]), TASKS)
@@ -181,7 +181,7 @@ def test_normal_gate_init_differs_per_task():
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vit_small_patch16_224", "efficientnet_b0",
-                                  pytest.param("convnext_tiny", marks=pytest.mark.slow)])
+                                  "convnext_tiny"])
 @pytest.mark.parametrize("kind", ["task_sigma", "task"])
 def test_extract_task_matches_the_converted_model(originals, name, kind):
     torch.manual_seed(0)
