@@ -140,11 +140,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if len(args) >= 2 and args[0] == "test" and not args[1].startswith("-"):
         args = _test_args(args)
-    if not args:
-        args = ["fit"]
+    run_cli(args or ["fit"])
+
+
+def run_cli(args: list[str], quiet: bool = False) -> TasknormCLI:
+    """Run :class:`TasknormCLI` on ``args`` (a subcommand and its options)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         # testing restores a checkpoint without its run's logger; ModelCheckpoint's bookkeeping
         # of the other checkpoints is not needed then
         warnings.filterwarnings("ignore", message="The dirpath has changed from")
-        TasknormCLI(args)
+        return TasknormCLI(args, quiet=quiet)

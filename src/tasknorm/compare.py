@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tasknorm.cli import run_cli
 from tasknorm.io import write_json, write_text
 from tasknorm.models import ARCHITECTURES, count_flops, count_parameters
 from tasknorm.tasks import delta_m
@@ -32,8 +33,6 @@ DELTA_CONVENTION = ("Δm: per-task mean of ±(M−B)/B over all metrics, then me
 def run_one(architecture: str, seed: int, output: Path, config: str | None,
             overrides: Sequence[str]) -> dict[str, Any]:
     """Train and test one architecture with one seed; return its record."""
-    from tasknorm.cli import TasknormCLI
-
     logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                "init_args": {"save_dir": str(output), "name": architecture,
                              "version": f"seed{seed}"}}]
@@ -42,7 +41,7 @@ def run_one(architecture: str, seed: int, output: Path, config: str | None,
             "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", *overrides]
     start = time.perf_counter()
-    cli = TasknormCLI(args, quiet=True)
+    cli = run_cli(args, quiet=True)
     seconds = time.perf_counter() - start
     example = cli.datamodule.splits["test"][0]["image"].unsqueeze(0)
     model = cli.model.model.eval()

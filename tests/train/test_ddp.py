@@ -18,7 +18,8 @@ def test_default_job_on_two_processes(workdir, capsys):
     main(["fit", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
           "--trainer.strategy", "ddp_spawn", "--trainer.max_epochs", "4",
           "--data.init_args.sizes", "[3072, 256, 256]", "--data.init_args.batch_size", "32",
-          "--model.backbone_args", '{"width": 16}', "--trainer.enable_progress_bar", "false"])
+          "--model.backbone_args", '{"width": 16}', "--model.sync_stats", "true",
+          "--trainer.enable_progress_bar", "false"])
     run = workdir / "runs" / "multidigits" / "version_0"
     results = json.loads((run / "results.json").read_text())
     assert set(results["test"]) == {"left", "right"}

@@ -40,7 +40,7 @@ class MultiTaskModel(nn.Module):
         tasks: Sequence[Task],
         architecture: Architecture = "task_sigma",
         gate_init: GateInit = "normal",
-        layout: Layout = "sample_major",
+        layout: Layout = "task_major",
     ) -> None:
         super().__init__()
         if architecture not in ARCHITECTURES:

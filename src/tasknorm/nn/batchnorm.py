@@ -238,11 +238,6 @@ class _TaskBatchNormBase(TaskRouted, _BatchNormStats):
                          track_running_stats, sync_stats, factory_kwargs)
         self._init_routing(tasks)
 
-    def task_affine(self) -> tuple[Tensor, Tensor | None]:
-        """Per-task scale and shift applied after normalization, each ``(T, C)`` (shift may be
-        ``None``)."""
-        raise NotImplementedError  # pragma: no cover - abstract
-
     def single_task_module(self, task: str) -> nn.Module:
         index = self.task_index(Route(task))
         scale, shift = self.task_affine()

@@ -38,10 +38,6 @@ class _TaskLayerNormBase(TaskRouted):
         self.bias = (nn.Parameter(torch.empty(param_shape, device=device, dtype=dtype))
                      if bias else None)
 
-    def task_affine(self) -> tuple[Tensor, Tensor | None]:
-        """Per-task scale and shift, each ``(T, *normalized_shape)`` (shift may be ``None``)."""
-        raise NotImplementedError  # pragma: no cover - abstract
-
     def single_task_module(self, task: str) -> nn.Module:
         """``nn.LayerNorm`` (timm's ``LayerNorm2d`` if channels-first) with ``task``'s scale and
         shift."""

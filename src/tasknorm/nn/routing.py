@@ -10,11 +10,12 @@ In all-tasks mode the batch holds ``T`` copies of the input, one per task, in on
 * ``"task_major"`` (the default): row ``t * N + n`` is sample ``n`` for task ``t``, i.e. the
   per-task batches concatenated, ``torch.cat([x_task0, x_task1, ...])``.
 * ``"sample_major"``: row ``n * T + t``; batch normalization then folds tasks into channels with a
-  free view instead of a copy, which is faster (see ``docs/benchmarks.md``).
+  free view instead of a copy (no faster in practice, see ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
@@ -115,7 +116,7 @@ def set_route(model: nn.Module, route: Route | str | None) -> nn.Module:
     return model
 
 
-class TaskRouted(nn.Module):
+class TaskRouted(nn.Module, ABC):
     """Base of every layer with per-task state: holds the task names and resolves the route.
 
     Subclasses call :meth:`_init_routing` after ``nn.Module.__init__``.
@@ -152,9 +153,14 @@ class TaskRouted(nn.Module):
         except ValueError:
             raise ValueError(f"unknown task {route.task!r}; expected one of {self.tasks}") from None
 
+    @abstractmethod
+    def task_affine(self) -> tuple[Tensor, Tensor | None]:
+        """Per-task scale and shift applied after normalization, each with the task as first
+        dimension (the shift may be ``None``)."""
+
+    @abstractmethod
     def single_task_module(self, task: str) -> nn.Module:
         """An ordinary (non-task) module computing what this layer computes for ``task``."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def tasks_per_batch(self, batch_size: int) -> int:
         """Samples per task of an all-tasks batch, checking it splits evenly over the tasks."""

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from tasknorm.models import MultiTaskModel, build_backbone
 from tasknorm.models.multitask import Architecture
-from tasknorm.nn import param_groups
+from tasknorm.nn import param_groups, set_sync_stats
 from tasknorm.nn.convert import GateInit
 from tasknorm.nn.routing import Layout
 from tasknorm.tasks import Task
@@ -46,6 +46,8 @@ class MultiTaskModule(L.LightningModule):
         scheduler: ``cosine`` (over ``max_epochs``) or ``none``.
         gate_init: σ-gate initialisation for converted backbones (``normal`` or ``pretrained``).
         layout: batch layout of the all-tasks pass.
+        sync_stats: synchronise the batch statistics of σBN / TSBN / TSσBN layers across
+            processes (``tasknorm.nn.set_sync_stats``).
     """
 
     def __init__(
@@ -63,7 +65,8 @@ class MultiTaskModule(L.LightningModule):
         norm_weight_decay: float = 0.0,
         scheduler: Literal["cosine", "none"] = "cosine",
         gate_init: GateInit = "normal",
-        layout: Layout = "sample_major",
+        layout: Layout = "task_major",
+        sync_stats: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tasks"])
@@ -74,6 +77,8 @@ class MultiTaskModule(L.LightningModule):
         self.tasks = {task.name: task for task in tasks}
         builder = partial(build_backbone, backbone, **(backbone_args or {}))
         self.model = MultiTaskModel(builder, list(tasks), architecture, gate_init, layout)
+        if sync_stats:
+            set_sync_stats(self.model)
         self.directions = {name: task.higher_is_better for name, task in self.tasks.items()}
         self.weighting = build_weighting(weighting, list(self.tasks))
         self.metrics = nn.ModuleDict({
