@@ -105,10 +105,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     output = Path(args.output)
+    given = _read_baseline(args.baseline) if args.baseline else None
     overrides = ["--trainer.max_epochs", str(args.epochs), *args.overrides]
     records = [run_one(arch, seed, output, args.config, overrides)
                for arch in args.architectures for seed in range(args.seeds)]
-    baseline = _baseline(args.baseline, records, output)
+    baseline = given if given is not None else _single_task_baseline(records, output)
     summary = summarise(records, baseline)
     table = markdown(summary)
     command = "tasknorm compare " + " ".join(argv if argv is not None else [])
@@ -120,13 +121,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\n{DELTA_CONVENTION}\nwritten: {output}/compare.{{json,csv,md}}")
 
 
-def _baseline(path: str | None, records: list[dict[str, Any]], output: Path
-              ) -> dict[str, dict[str, float]] | None:
-    if path is not None:
-        try:
-            return json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise SystemExit(f"tasknorm compare: cannot read baseline {path}: {error}") from None
+def _read_baseline(path: str) -> dict[str, dict[str, float]]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"tasknorm compare: cannot read baseline {path}: {error}") from None
+
+
+def _single_task_baseline(records: list[dict[str, Any]], output: Path
+                          ) -> dict[str, dict[str, float]] | None:
+    """Mean test metrics of the single-task runs (saved as ``baseline.json``), if any."""
     runs = [r for r in records if r["architecture"] == "single_task"]
     if not runs:
         return None
