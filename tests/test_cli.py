@@ -10,13 +10,6 @@ TINY = ["--trainer.max_epochs", "2", "--data.init_args.sizes", "[256, 64, 64]",
         "--trainer.enable_progress_bar", "false"]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TASKNORM_CACHE", str(tmp_path / "cache"))
-    return tmp_path
-
-
 def test_fit_then_test_checkpoint(workdir, capsys):
     main(["fit", *TINY])
     out = capsys.readouterr().out

@@ -30,9 +30,8 @@ def test_summary_statistics_and_delta():
     assert summarise(records, None)["task_sigma"]["delta_m"] is None
 
 
-def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TASKNORM_CACHE", str(tmp_path / "cache"))
+def test_compare_end_to_end(workdir, capsys):
+    tmp_path = workdir
     main(["--architectures", "single_task", "task_sigma", "--seeds", "2", "--epochs", "1",
           "--output", "out", "--", "--data.init_args.sizes", "[128, 32, 32]",
           "--data.init_args.batch_size", "32", "--model.backbone_args", '{"width": 8}'])

@@ -2,16 +2,7 @@
 
 import json
 
-import pytest
-
 from tasknorm.cli import main
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TASKNORM_CACHE", str(tmp_path / "cache"))
-    return tmp_path
 
 
 def test_default_job_on_two_processes(workdir, capsys):

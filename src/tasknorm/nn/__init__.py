@@ -18,6 +18,7 @@ from tasknorm.nn.convert import (
     set_sync_stats,
     task_norm_layers,
 )
+from tasknorm.nn.gates import SigmoidGated
 from tasknorm.nn.layernorm import (
     TaskLayerNorm,
     TaskLayerNorm2d,
@@ -49,6 +50,7 @@ __all__ = [
     "Route",
     "SigmaBatchNorm1d",
     "SigmaBatchNorm2d",
+    "SigmoidGated",
     "TaskBatchNorm1d",
     "TaskBatchNorm2d",
     "TaskLayerNorm",

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tasknorm.nn.functional import fold_tasks, sync_batch_norm, unfold_tasks, world_size
+from tasknorm.nn.gates import SigmoidGated
 from tasknorm.nn.routing import Route, TaskRouted, validate_tasks
 
 
@@ -144,7 +145,7 @@ def _common_count(counter: Tensor, layer: nn.Module) -> int:
     return int(counts)
 
 
-class _SigmaBatchNorm(_BatchNormStats):
+class _SigmaBatchNorm(SigmoidGated, _BatchNormStats):
     """σBN: ``sigmoid(weight) * (x - mean) / sqrt(var + eps)``; no bias, scale in (0, 1)."""
 
     def __init__(
@@ -171,12 +172,7 @@ class _SigmaBatchNorm(_BatchNormStats):
     def reset_parameters(self) -> None:
         """Running statistics to (0, 1); raw gate weights to N(init_mean, init_std²)."""
         self.reset_running_stats()
-        nn.init.normal_(self.weight, self.init_mean, self.init_std)
-
-    @property
-    def gate(self) -> Tensor:
-        """The bounded scale ``sigmoid(weight)``, shape ``(C,)``."""
-        return torch.sigmoid(self.weight)
+        self.reset_gates()
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -319,7 +315,7 @@ class TaskBatchNorm2d(_TaskBatchNorm):
     expected_dims = (4,)
 
 
-class _TaskSigmaBatchNorm(_TaskBatchNormBase):
+class _TaskSigmaBatchNorm(SigmoidGated, _TaskBatchNormBase):
     """TSσBN: per-task sigmoid gates ``sigmoid(weight[t])`` and per-task running statistics."""
 
     def __init__(
@@ -349,14 +345,7 @@ class _TaskSigmaBatchNorm(_TaskBatchNormBase):
     def reset_parameters(self) -> None:
         """Running statistics to (0, 1); raw gates to N(init_mean, init_std²); bias to 0."""
         self.reset_running_stats()
-        nn.init.normal_(self.weight, self.init_mean, self.init_std)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    @property
-    def gate(self) -> Tensor:
-        """The task × channel gate matrix ``sigmoid(weight)``, shape ``(T, C)``."""
-        return torch.sigmoid(self.weight)
+        self.reset_gates()
 
     def task_affine(self) -> tuple[Tensor, Tensor | None]:
         return self.gate, self.bias

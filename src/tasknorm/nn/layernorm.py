@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tasknorm.nn.gates import SigmoidGated
 from tasknorm.nn.routing import Layout, Route, TaskRouted
 
 
@@ -127,7 +128,7 @@ class TaskLayerNorm(_TaskLayerNormBase):
         return self.weight, self.bias
 
 
-class TaskSigmaLayerNorm(_TaskLayerNormBase):
+class TaskSigmaLayerNorm(SigmoidGated, _TaskLayerNormBase):
     """LayerNorm scaled by a per-task sigmoid gate ``sigmoid(weight[t])``; no bias by default.
 
     Example:
@@ -149,14 +150,7 @@ class TaskSigmaLayerNorm(_TaskLayerNormBase):
 
     def reset_parameters(self) -> None:
         """Raw gates to N(init_mean, init_std²); bias to 0."""
-        nn.init.normal_(self.weight, self.init_mean, self.init_std)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    @property
-    def gate(self) -> Tensor:
-        """The task × feature gate matrix ``sigmoid(weight)``."""
-        return torch.sigmoid(self.weight)
+        self.reset_gates()
 
     def task_affine(self) -> tuple[Tensor, Tensor | None]:
         return self.gate, self.bias
