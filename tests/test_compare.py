@@ -46,7 +46,7 @@ def test_compare_end_to_end(workdir, capsys):
     single, shared = (result["summary"][a] for a in ("single_task", "task_sigma"))
     assert single["parameters"] > 1.9 * shared["parameters"]
     assert shared["flops"] == pytest.approx(single["flops"], rel=0.01)
-    rows = list(csv.DictReader((tmp_path / "out" / "compare.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "out" / "compare.csv").read_text().splitlines()))
     assert len(rows) == 4 * 2 * 2  # runs × tasks × metrics
     assert "TSσBN" in (tmp_path / "out" / "compare.md").read_text()
     assert "Δm" in capsys.readouterr().out
