@@ -23,10 +23,13 @@ def test_fit_then_test_checkpoint(workdir, capsys):
     best = results["checkpoint"]
     assert best.startswith("runs/multidigits/version_0/checkpoints/best-")
     main(["test", best])
-    retested = json.loads((run / f"test-{Path(best).stem}.json").read_text())
+    retested = json.loads((run / f"test-{Path(best).stem}" / "results.json").read_text())
     for task, values in results["test"].items():
         assert retested["test"][task] == pytest.approx(values)
     assert json.loads((run / "results.json").read_text()) == results  # not overwritten
+    assert not (workdir / "config.yaml").exists()
+    with pytest.raises(SystemExit, match="exists already"):
+        main(["test", best])
 
 
 def test_second_run_gets_a_new_folder(workdir):

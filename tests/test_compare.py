@@ -57,5 +57,10 @@ def test_compare_rejects_bad_arguments(tmp_path):
         main(["--seeds", "0"])
     with pytest.raises(SystemExit):
         main(["--architectures", "soft"])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "compare.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["--output", str(tmp_path / "full")])
+    assert (tmp_path / "full" / "compare.json").read_text() == "{}"
     with pytest.raises(SystemExit, match="cannot read baseline"):
-        main(["--baseline", str(tmp_path / "missing.json")])  # refused before any training
+        main(["--baseline", str(tmp_path / "missing.json"), "--output", str(tmp_path / "o")])

@@ -55,7 +55,7 @@ class TasknormCLI(LightningCLI):
             MultiTaskModule, L.LightningDataModule, subclass_mode_data=True,
             parser_kwargs={command: {"default_config_files": [DEFAULT_CONFIG]}
                            for command in ("fit", "validate", "test")},
-            save_config_kwargs={"overwrite": True}, args=args, run=run)
+            args=args, run=run)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
@@ -81,18 +81,15 @@ class TasknormCLI(LightningCLI):
         self._report(logged[0], best)
 
     def after_test(self) -> None:
-        checkpoint = self.config.test.get("ckpt_path") or ""
-        name = f"test-{Path(checkpoint).stem}.json" if checkpoint else "test.json"
-        folder = Path(checkpoint).parent.parent if checkpoint else Path(self.trainer.log_dir)
-        self._report(dict(self.trainer.callback_metrics), checkpoint, folder / name)
+        self._report(dict(self.trainer.callback_metrics), self.config.test.get("ckpt_path") or "")
 
-    def _report(self, logged: dict[str, Any], checkpoint: str, path: Path | None = None) -> None:
+    def _report(self, logged: dict[str, Any], checkpoint: str) -> None:
         results = parse_results({k: float(v) for k, v in logged.items()})
         log_dir = Path(self.trainer.log_dir or ".")
         self.results = {"test": results, "checkpoint": checkpoint,
                         "log_dir": str(log_dir), "epochs": self.trainer.current_epoch}
         if self.trainer.is_global_zero:
-            path = write_json(path or log_dir / "results.json", self.results)
+            path = write_json(log_dir / "results.json", self.results)
             if not self.quiet:
                 source = f"checkpoint {checkpoint}" if checkpoint else "final model"
                 print(f"\nTest split, {source}")
@@ -119,7 +116,9 @@ def _share_version(loggers: list[Any]) -> bool:
 
 
 def _test_args(argv: list[str]) -> list[str]:
-    """``test CKPT [...]`` → ``test --config <run>/config.yaml --ckpt_path CKPT [...]``."""
+    """``test CKPT [...]`` → ``test --config <run>/config.yaml --ckpt_path CKPT [...]``, with
+    its configuration and results in ``<run>/test-<checkpoint name>/`` and no logger, so that
+    nothing the run wrote is touched."""
     checkpoint = Path(argv[1])
     if not checkpoint.is_file():
         raise SystemExit(f"tasknorm test: checkpoint {checkpoint} does not exist")
@@ -127,8 +126,11 @@ def _test_args(argv: list[str]) -> list[str]:
     if not config.is_file():
         raise SystemExit(f"tasknorm test: no config.yaml of the run beside {checkpoint} "
                          f"(looked for {config}); pass --config explicitly")
+    folder = checkpoint.parent.parent / f"test-{checkpoint.stem}"
+    if folder.exists():
+        raise SystemExit(f"tasknorm test: {folder} exists already; move it away to test again")
     return ["test", "--config", str(config), "--ckpt_path", str(checkpoint),
-            "--trainer.logger", "false", *argv[2:]]
+            "--trainer.logger", "false", "--trainer.default_root_dir", str(folder), *argv[2:]]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

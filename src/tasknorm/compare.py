@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     output = Path(args.output)
+    if output.exists() and any(output.iterdir()):
+        parser.error(f"output folder {output} is not empty; choose another --output")
     given = _read_baseline(args.baseline) if args.baseline else None
     overrides = ["--trainer.max_epochs", str(args.epochs), *args.overrides]
     records = [run_one(arch, seed, output, args.config, overrides)
