@@ -201,7 +201,9 @@ def _converted(name: str, module: nn.Module, kind: Kind, tasks: tuple[str, ...] 
         return None
     new.train(module.training)
     if hasattr(module, "act") and hasattr(module, "drop"):
-        return NormAct(new, module.drop, module.act)
+        wrapper = NormAct(new, module.drop, module.act)
+        wrapper.training = module.training  # not .train(): drop and act keep their own modes
+        return wrapper
     return new
 
 
@@ -258,6 +260,8 @@ def _copy_affine(new: nn.Module, weight: Tensor | None, bias: Tensor | None, kin
         new.bias.copy_(bias.expand_as(new.bias))
     if weight is not None:
         new.weight.requires_grad_(weight.requires_grad)
+    if bias is not None and getattr(new, "bias", None) is not None:
+        new.bias.requires_grad_(bias.requires_grad)
 
 
 def _single_task(module: nn.Module, task: str) -> nn.Module | None:
