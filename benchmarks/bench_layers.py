@@ -147,7 +147,7 @@ def bench_extracted(name: str, batch: int, args: argparse.Namespace, device: tor
     converted = convert(copy.deepcopy(plain), TASK_NAMES[:3]).to(device)
     steps = training_steps(converted, TASK_NAMES[:3],
                            torch.randn(2, 3, args.image_size, args.image_size, device=device))
-    steps["sample_major"]()
+    steps["sample_major"]()  # one training forward: every task gets its own running statistics
     extracted = extract_task(converted.eval(), TASK_NAMES[0])
     plain.eval()
     x = torch.randn(batch, 3, args.image_size, args.image_size, device=device)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from tasknorm.io import write_json
 from tasknorm.train import MultiTaskModule
@@ -76,6 +76,8 @@ class TasknormCLI(LightningCLI):
         if trainer.interrupted:
             return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        # the configuration was saved when fitting; testing must not try to save it again
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         logged = trainer.test(self.model, datamodule=self.datamodule,
                               ckpt_path=best or None, verbose=False)
         self._report(logged[0], best)

@@ -23,6 +23,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             f.close()
             os.unlink(f.name)
             raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(f.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600; give the usual mode
     os.replace(f.name, path)
     return path
 

@@ -10,7 +10,7 @@ Per-task tensors have the task as their first dimension, e.g. ``weight`` is ``(T
 (see :func:`tasknorm.nn.functional.fold_tasks`). None of these classes derives from
 ``torch.nn.modules.batchnorm._BatchNorm``, so ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``
 (and Lightning's ``sync_batchnorm=True``) cannot silently replace them with plain BatchNorm; use
-:func:`tasknorm.nn.sync_batch_norms` to synchronise statistics across processes.
+:func:`tasknorm.nn.set_sync_stats` to synchronise statistics across processes.
 """
 
 from __future__ import annotations

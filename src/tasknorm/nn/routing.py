@@ -109,9 +109,10 @@ def set_route(model: nn.Module, route: Route | str | None) -> nn.Module:
     layers = [m for m in model.modules() if isinstance(m, TaskRouted)]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no task-specific layer to route")
-    for layer in layers:
-        if route is not None:
+    if route is not None:
+        for layer in layers:  # check every layer before changing any
             layer.task_index(route)
+    for layer in layers:
         layer.default_route = route
     return model
 
