@@ -2,22 +2,96 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tasknorm.data.multidigits import MultiDigitsSpec, Variant, load_multidigits
 from tasknorm.tasks import ClassificationTask, Task
 
 
-class MultiDigitsDataModule(L.LightningDataModule):
-    """MultiDigits (see :mod:`tasknorm.data.multidigits`) with tasks ``left`` and ``right``.
+class BenchmarkDataModule(L.LightningDataModule, ABC):
+    """The loaders every benchmark shares; subclasses supply ``tasks`` and ``build_splits``.
 
     Training batches are shuffled by a ``DistributedSampler`` seeded with ``seed`` (one replica
     per process), whose order depends only on the epoch, so resuming from a checkpoint replays
     exactly the batches an uninterrupted run would have seen.
+
+    Args:
+        batch_size: samples per batch (per process).
+        num_workers: data-loading worker processes (kept alive between epochs).
+        seed: seed of the training order (and of any split carved by the subclass).
     """
+
+    def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.splits: dict[str, Dataset] = {}
+
+    @property
+    @abstractmethod
+    def tasks(self) -> list[Task]:
+        """The benchmark's tasks, in the order of the model's heads."""
+
+    @abstractmethod
+    def build_splits(self) -> dict[str, Dataset]:
+        """The ``"train"``, ``"val"`` and ``"test"`` datasets."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.build_splits()
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.splits["train"]
+        trainer = self.trainer
+        sampler = DistributedSampler(
+            dataset, num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0, shuffle=True, seed=self.seed,
+            drop_last=True)
+        return self._loader(dataset, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.splits["val"])
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.splits["test"])
+
+    def _loader(self, dataset: Dataset, **kwargs: object) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(dataset, self.batch_size, num_workers=workers,
+                          persistent_workers=workers > 0, **kwargs)
+
+
+def carve_validation(size: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a seeded random ``fraction`` of ``size`` training samples held out for
+    validation, and of the rest (both sorted): ``(train, val)``.
+
+    For benchmarks whose public layout has no validation split (NYUv2, Cityscapes), so that
+    model selection never looks at the test split.
+
+    Example:
+        >>> train, val = carve_validation(10, 0.2, seed=0)
+        >>> len(train), len(val), sorted({*train, *val}) == list(range(10))
+        (8, 2, True)
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    held_out = max(1, round(size * fraction))
+    if held_out >= size:
+        raise ValueError(f"cannot hold out {held_out} of {size} training samples for validation")
+    order = np.random.default_rng(seed).permutation(size)
+    return np.sort(order[held_out:]), np.sort(order[:held_out])
+
+
+class MultiDigitsDataModule(BenchmarkDataModule):
+    """MultiDigits (see :mod:`tasknorm.data.multidigits`) with tasks ``left`` and ``right``."""
 
     def __init__(
         self,
@@ -28,12 +102,9 @@ class MultiDigitsDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, seed)
         self.spec = MultiDigitsSpec(variant=variant, sizes=tuple(sizes), seed=seed)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.splits: dict[str, Dataset] = {}
 
     @property
     def tasks(self) -> list[Task]:
@@ -42,22 +113,5 @@ class MultiDigitsDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         load_multidigits(self.spec, self.cache_dir)
 
-    def setup(self, stage: str | None = None) -> None:
-        if not self.splits:
-            self.splits = load_multidigits(self.spec, self.cache_dir)
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.splits["train"]
-        trainer = self.trainer
-        sampler = DistributedSampler(
-            dataset, num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0, shuffle=True, seed=self.spec.seed,
-            drop_last=True)
-        return DataLoader(dataset, self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["val"], self.batch_size, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["test"], self.batch_size, num_workers=self.num_workers)
+    def build_splits(self) -> dict[str, Dataset]:
+        return dict(load_multidigits(self.spec, self.cache_dir))
