@@ -60,3 +60,17 @@ def test_test_needs_an_existing_checkpoint(workdir):
 def test_parse_results():
     logged = {"test/left/accuracy": 0.5, "test/left_loss": 1.0, "val/left/accuracy": 0.4}
     assert parse_results(logged) == {"left": {"accuracy": 0.5}}
+
+
+def test_packaged_config_by_name(workdir, monkeypatch):
+    from tasknorm import cli
+
+    assert "multidigits" in cli.packaged_configs()
+    assert cli.resolve_config("multidigits") == cli.DEFAULT_CONFIG
+    assert cli.resolve_config("multidigits.yaml") == cli.DEFAULT_CONFIG
+    (workdir / "mine.yaml").write_text("seed_everything: 1\n")
+    assert cli.resolve_config("mine.yaml") == "mine.yaml"
+    with pytest.raises(SystemExit, match="neither a file nor a packaged config"):
+        cli.resolve_config("nyuv3")
+    assert cli._resolve_configs(["fit", "--config", "multidigits", "--config=mine.yaml"]) == [
+        "fit", "--config", cli.DEFAULT_CONFIG, "--config=mine.yaml"]

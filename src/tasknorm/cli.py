@@ -1,7 +1,8 @@
 """The ``tasknorm`` command.
 
-* ``tasknorm fit [--config FILE] [--key value ...]``: train (default: TSσBN on MultiDigits),
-  test the best validation checkpoint, print a per-task table and where everything went.
+* ``tasknorm fit [--config FILE|NAME] [--key value ...]``: train (default: TSσBN on
+  MultiDigits), test the best validation checkpoint, print a per-task table and where everything
+  went. ``NAME`` is a packaged config (:func:`packaged_configs`), e.g. ``scenes``.
 * ``tasknorm test CKPT``: test a checkpoint with the configuration of the run that wrote it.
 * ``tasknorm validate`` / ``tasknorm test --config ... --ckpt_path ...``: LightningCLI as usual.
 * ``tasknorm compare``: see :mod:`tasknorm.compare`.
@@ -22,7 +23,25 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from tasknorm.io import write_json
 from tasknorm.train import MultiTaskModule
 
-DEFAULT_CONFIG = str(files("tasknorm") / "configs" / "multidigits.yaml")
+CONFIGS = files("tasknorm") / "configs"
+DEFAULT_CONFIG = str(CONFIGS / "multidigits.yaml")
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with tasknorm (``tasknorm fit --config NAME``)."""
+    return sorted(p.name.removesuffix(".yaml") for p in CONFIGS.iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_config(value: str) -> str:
+    """An existing file as given, else the packaged config named ``value``."""
+    if Path(value).is_file():
+        return value
+    name = value.removesuffix(".yaml")
+    if name in packaged_configs():
+        return str(CONFIGS / f"{name}.yaml")
+    raise SystemExit(f"tasknorm: config {value!r} is neither a file nor a packaged config "
+                     f"({', '.join(packaged_configs())})")
 
 
 def parse_results(logged: dict[str, float], stage: str = "test") -> dict[str, dict[str, float]]:
@@ -144,7 +163,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if len(args) >= 2 and args[0] == "test" and not args[1].startswith("-"):
         args = _test_args(args)
-    run_cli(args or ["fit"])
+    run_cli(_resolve_configs(args) or ["fit"])
+
+
+def _resolve_configs(args: list[str]) -> list[str]:
+    """Replace the value of every ``--config`` option by :func:`resolve_config`'s path."""
+    resolved = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            resolved[i + 1] = resolve_config(args[i + 1])
+        elif arg.startswith("--config="):
+            resolved[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+    return resolved
 
 
 def run_cli(args: list[str], quiet: bool = False) -> TasknormCLI:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tasknorm.cli import run_cli
+from tasknorm.cli import resolve_config, run_cli
 from tasknorm.io import write_json, write_text
 from tasknorm.models import ARCHITECTURES, count_flops, count_parameters
 from tasknorm.tasks import delta_m
@@ -96,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3,
                         help="training epochs per run (3 keeps the default within 15 minutes "
                              "on 2 CPU cores)")
-    parser.add_argument("--config", help="a tasknorm fit config (default: the MultiDigits one)")
+    parser.add_argument("--config", help="a tasknorm fit config, a file or a packaged config name "
+                        "(default: the MultiDigits one)")
     parser.add_argument("--baseline", help="single-task results JSON ({task: {metric: value}})")
     parser.add_argument("--output", default="runs/compare", help="folder for logs and tables")
     parser.add_argument("overrides", nargs="*",
@@ -107,9 +108,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
         parser.error(f"output folder {output} is not empty; choose another --output")
+    config = resolve_config(args.config) if args.config else None
     given = _read_baseline(args.baseline) if args.baseline else None
     overrides = ["--trainer.max_epochs", str(args.epochs), *args.overrides]
-    records = [run_one(arch, seed, output, args.config, overrides)
+    records = [run_one(arch, seed, output, config, overrides)
                for arch in args.architectures for seed in range(args.seeds)]
     baseline = given if given is not None else _single_task_baseline(records, output)
     summary = summarise(records, baseline)
