@@ -1,3 +1,5 @@
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -104,3 +106,47 @@ def test_norm_parameters_get_the_multiplier(data):
     norm_params = {id(p) for p in groups[1]["params"]}
     gates = [m.weight for m in model.modules() if hasattr(m, "gate")]
     assert gates and all(id(g) in norm_params for g in gates)
+
+
+@pytest.mark.parametrize(("scheduler", "expected"), [
+    ("step", [0.1, 0.1, 0.05, 0.05]),  # StepLR(2, 0.5)
+    ("poly", [0.1 * (1 - e / 4) ** 0.9 for e in range(4)]),
+    ("cosine", [0.05 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]),
+])
+def test_schedulers_follow_their_formula(data, scheduler, expected):
+    model = module(data, scheduler=scheduler, step_size=2, step_gamma=0.5, lr=0.1,
+                   norm_lr_mult=1.0)
+    model.trainer = type("T", (), {"max_epochs": 4})()
+    config = model.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx(expected)
+
+
+def test_relative_selection_is_the_gain_over_the_first_validation(tmp_path, data):
+    class Record(L.Callback):
+        def __init__(self):
+            self.primaries, self.selections = [], []
+
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                metrics = trainer.callback_metrics
+                self.primaries.append({t: float(metrics[f"val/{t}/accuracy"])
+                                       for t in ("left", "right")})
+                self.selections.append(float(metrics[SELECTION_METRIC]))
+
+    L.seed_everything(0)
+    record = Record()
+    model = module(data, selection="relative")
+    trainer(tmp_path, max_epochs=3, enable_checkpointing=False, callbacks=[record]).fit(model, data)
+    first, last = record.primaries[0], record.primaries[-1]
+    assert model.selection_reference == pytest.approx(first)
+    assert record.selections[0] == pytest.approx(0.0)
+    expected = sum(100 * (last[t] - first[t]) / first[t] for t in first) / 2
+    assert record.selections[-1] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown selection 'best'"):
+        module(data, selection="best")

@@ -47,3 +47,12 @@ def test_dwa_weights_follow_the_loss_ratios():
 def test_unknown_weighting():
     with pytest.raises(ValueError, match="unknown loss weighting 'gradnorm'"):
         build_weighting("gradnorm", ["a"])
+
+
+def test_fixed_weighting_uses_the_given_weights():
+    weighting = build_weighting("fixed", ["a", "b"], weights={"a": 2.0, "b": 10.0})
+    assert weighting(LOSSES).item() == pytest.approx(2.0 * 2.0 + 10.0 * 0.5)
+    with pytest.raises(ValueError, match=r"given for \['a'\] but the tasks are \['a', 'b'\]"):
+        build_weighting("fixed", ["a", "b"], weights={"a": 1.0})
+    with pytest.raises(ValueError, match=r"bad arguments .* 'equal'"):
+        build_weighting("equal", ["a", "b"], weights={"a": 1.0})

@@ -1,6 +1,65 @@
 """Tasks (head, loss, metrics with directions) and the multi-task Δm."""
 
 from tasknorm.tasks.delta import POOLINGS, delta_m
-from tasknorm.tasks.task import ClassificationTask, Task
+from tasknorm.tasks.dense import (
+    DepthTask,
+    EdgeTask,
+    NormalsTask,
+    SaliencyTask,
+    SegmentationTask,
+    conv_head,
+)
+from tasknorm.tasks.metrics import (
+    AGGREGATIONS,
+    ANGLE_BINS_PER_DEGREE,
+    EDGE_THRESHOLDS,
+    NORMAL_THRESHOLDS,
+    SALIENCY_THRESHOLDS,
+    DepthAbsError,
+    DepthRelError,
+    DepthRMSE,
+    EdgeFMeasure,
+    MeanIoU,
+    NormalMeanAngle,
+    NormalMedianAngle,
+    NormalWithinAngle,
+    PixelAccuracy,
+    SaliencyMaxF,
+    SaliencyMeanIoU,
+    disk_max_pool,
+    normal_angles,
+)
+from tasknorm.tasks.task import IGNORE_INDEX, BinaryTask, ClassificationTask, Task
 
-__all__ = ["POOLINGS", "ClassificationTask", "Task", "delta_m"]
+__all__ = [
+    "AGGREGATIONS",
+    "ANGLE_BINS_PER_DEGREE",
+    "EDGE_THRESHOLDS",
+    "IGNORE_INDEX",
+    "NORMAL_THRESHOLDS",
+    "POOLINGS",
+    "SALIENCY_THRESHOLDS",
+    "BinaryTask",
+    "ClassificationTask",
+    "DepthAbsError",
+    "DepthRMSE",
+    "DepthRelError",
+    "DepthTask",
+    "EdgeFMeasure",
+    "EdgeTask",
+    "MeanIoU",
+    "NormalMeanAngle",
+    "NormalMedianAngle",
+    "NormalWithinAngle",
+    "NormalsTask",
+    "PixelAccuracy",
+    "SaliencyMaxF",
+    "SaliencyMeanIoU",
+    "SaliencyTask",
+    "SegmentationTask",
+    "Task",
+    "conv_head",
+    "delta_m",
+    "disk_max_pool",
+    "normal_angles",
+]

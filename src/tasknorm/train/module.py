@@ -3,7 +3,10 @@
 Data path: batch ``{"image": x, "<task>": target}`` → model → ``{"<task>": output}`` → each
 task's loss and metrics → loss weighting → optimizer. Metrics are torchmetrics objects, so they
 are synchronised across processes under DDP. Checkpoints select on ``val/selection``: the mean
-over tasks of each primary validation metric, negated where lower is better.
+over tasks of each primary validation metric, negated where lower is better (``selection="mean"``),
+or the mean over tasks of each primary metric's relative gain over the first validation epoch
+(``selection="relative"``, for tasks whose metrics live on different scales, such as mIoU,
+depth error in metres and normal angle in degrees).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from tasknorm.tasks import Task
 from tasknorm.train.weighting import build_weighting
 
 SELECTION_METRIC = "val/selection"
+SCHEDULERS = ("cosine", "poly", "step", "none")
+SELECTIONS = ("mean", "relative")
 
 
 class MultiTaskModule(L.LightningModule):
@@ -35,17 +40,30 @@ class MultiTaskModule(L.LightningModule):
         tasks: the tasks (normally linked from the datamodule's ``tasks``).
         backbone: name of a backbone in :data:`tasknorm.models.BACKBONES`.
         backbone_args: keyword arguments of the backbone builder.
+        head: name of a head in :data:`tasknorm.models.heads.HEADS` built for every task, or
+            ``None`` for each task's own default head.
         architecture: ``single_task``, ``hard``, ``sigma``, ``task`` (TSBN) or ``task_sigma``.
-        weighting: ``equal``, ``uncertainty`` or ``dwa``.
+        weighting: a loss weighting in :data:`tasknorm.train.WEIGHTINGS` (``equal``, ``fixed``,
+            ``uncertainty``, ``dwa``).
+        weighting_args: keyword arguments of the weighting, e.g. ``{"weights": {...}}`` for
+            ``fixed``.
         optimizer: ``sgd`` (momentum, Nesterov) or ``adam``.
         lr: base learning rate.
         momentum: SGD momentum.
         weight_decay: weight decay of non-normalization parameters.
         norm_lr_mult: learning-rate multiplier of normalization parameters (σBN recipe: 10).
         norm_weight_decay: weight decay of normalization parameters (σBN recipe: 0).
-        scheduler: ``cosine`` (over ``max_epochs``) or ``none``.
+        scheduler: ``cosine`` (over ``max_epochs``), ``poly`` (``(1 − epoch / max_epochs)^0.9``,
+            Vandenhende et al.), ``step`` (multiply the learning rate by
+            ``step_gamma`` every ``step_size`` epochs: mtan / LibMTL's StepLR(100, 0.5)) or
+            ``none``.
+        step_size: epochs between learning-rate drops of ``scheduler="step"``.
+        step_gamma: factor of each drop of ``scheduler="step"``.
         gate_init: σ-gate initialisation for converted backbones (``normal`` or ``pretrained``).
         layout: batch layout of the all-tasks pass.
+        selection: how ``val/selection`` combines the tasks' primary validation metrics:
+            ``mean`` (signed mean) or ``relative`` (mean relative gain over the first
+            validation epoch, in percent).
         sync_stats: synchronise the batch statistics of σBN / TSBN / TSσBN layers across
             processes (``tasknorm.nn.set_sync_stats``).
     """
@@ -55,32 +73,40 @@ class MultiTaskModule(L.LightningModule):
         tasks: Sequence[Task],
         backbone: str = "digits_cnn",
         backbone_args: dict[str, Any] | None = None,
+        head: str | None = None,
         architecture: Architecture = "task_sigma",
         weighting: str = "equal",
+        weighting_args: dict[str, Any] | None = None,
         optimizer: Literal["sgd", "adam"] = "sgd",
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
         norm_lr_mult: float = 10.0,
         norm_weight_decay: float = 0.0,
-        scheduler: Literal["cosine", "none"] = "cosine",
+        scheduler: Literal["cosine", "poly", "step", "none"] = "cosine",
+        step_size: int = 100,
+        step_gamma: float = 0.5,
         gate_init: GateInit = "normal",
         layout: Layout = "task_major",
+        selection: Literal["mean", "relative"] = "mean",
         sync_stats: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tasks"])
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adam'")
-        if scheduler not in ("cosine", "none"):
-            raise ValueError(f"unknown scheduler {scheduler!r}; expected 'cosine' or 'none'")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULERS}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {selection!r}; expected one of {SELECTIONS}")
         self.tasks = {task.name: task for task in tasks}
         builder = partial(build_backbone, backbone, **(backbone_args or {}))
-        self.model = MultiTaskModel(builder, list(tasks), architecture, gate_init, layout)
+        self.model = MultiTaskModel(builder, list(tasks), architecture, gate_init, layout, head)
         if sync_stats:
             set_sync_stats(self.model)
         self.directions = {name: task.higher_is_better for name, task in self.tasks.items()}
-        self.weighting = build_weighting(weighting, list(self.tasks))
+        self.weighting = build_weighting(weighting, list(self.tasks), **(weighting_args or {}))
+        self.selection_reference: dict[str, float] | None = None
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({name: task.build_metrics() for name, task in self.tasks.items()})
             for stage in ("val", "test")
@@ -116,10 +142,17 @@ class MultiTaskModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         results = self._compute_metrics("val")
-        scores = []
-        for name, task in self.tasks.items():
-            value = results[name][task.primary]
-            scores.append(value if self.directions[name][task.primary] else -value)
+        primaries = {name: results[name][task.primary] for name, task in self.tasks.items()}
+        signs = {name: 1.0 if self.directions[name][task.primary] else -1.0
+                 for name, task in self.tasks.items()}
+        if self.hparams.selection == "mean":
+            scores = [signs[name] * value for name, value in primaries.items()]
+        else:
+            if self.selection_reference is None and not self.trainer.sanity_checking:
+                self.selection_reference = primaries
+            reference = self.selection_reference or primaries
+            scores = [100 * signs[name] * (value - reference[name]) / abs(reference[name])
+                      if reference[name] else 0.0 for name, value in primaries.items()]
         self.log(SELECTION_METRIC, sum(scores) / len(scores), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
@@ -136,25 +169,37 @@ class MultiTaskModule(L.LightningModule):
             optimizer = torch.optim.Adam(groups, lr=hp.lr)
         if hp.scheduler == "none":
             return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": self._scheduler(optimizer)}
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        hp = self.hparams
+        if hp.scheduler == "step":
+            return torch.optim.lr_scheduler.StepLR(optimizer, hp.step_size, hp.step_gamma)
         epochs = self.trainer.max_epochs
         if epochs is None or epochs < 1:
-            raise ValueError("scheduler='cosine' needs trainer.max_epochs")
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+            raise ValueError(f"scheduler={hp.scheduler!r} needs trainer.max_epochs")
+        if hp.scheduler == "poly":
+            return torch.optim.lr_scheduler.PolynomialLR(optimizer, epochs, power=0.9)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tasknorm"] = self._identity()
+        checkpoint["selection_reference"] = self.selection_reference
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("tasknorm")
         if saved != self._identity():
             raise ValueError(f"incompatible checkpoint: it holds {saved}, this model is "
                              f"{self._identity()}")
+        self.selection_reference = checkpoint.get("selection_reference")
 
     def _identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be loaded into this module."""
-        return {"tasks": list(self.tasks), "backbone": self.hparams.backbone,
-                "architecture": self.hparams.architecture}
+        identity = {"tasks": list(self.tasks), "backbone": self.hparams.backbone,
+                    "architecture": self.hparams.architecture}
+        if self.hparams.head is not None:
+            identity["head"] = self.hparams.head
+        return identity
 
     def _losses(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {name: task.loss(outputs[name], batch[name]) for name, task in self.tasks.items()}
@@ -164,8 +209,8 @@ class MultiTaskModule(L.LightningModule):
         losses = self._losses(outputs, batch)
         self.log_dict({f"{stage}/{name}_loss": loss for name, loss in losses.items()},
                       batch_size=batch["image"].size(0), sync_dist=True)
-        for name in self.tasks:
-            self.metrics[stage][name].update(outputs[name], batch[name])
+        for name, task in self.tasks.items():
+            self.metrics[stage][name].update(task.prediction(outputs[name]), batch[name])
 
     def _compute_metrics(self, stage: str) -> dict[str, dict[str, float]]:
         """Compute (synchronised), log and reset the metrics of ``stage``."""

@@ -3,6 +3,8 @@
 * :class:`EqualWeighting`: the plain sum (TSσBN's default: the method needs no weighting).
 * :class:`UncertaintyWeighting`: Kendall et al. (CVPR 2018), a learned log-variance ``s_t`` per
   task, ``Σ_t exp(−s_t) L_t / 2 + s_t / 2`` (the form used by LibMTL and mtan).
+* :class:`FixedWeighting`: constant per-task weights given in the config (e.g. Vandenhende et al.'s
+  PASCAL-Context weights: segmentation 1, parts 2, saliency 5, edges 50, normals 10).
 * :class:`DynamicWeightAverage`: Liu et al. (MTAN, CVPR 2019), ``w_t = T softmax(r_t / τ)`` with
   ``r_t`` the ratio of task ``t``'s mean loss over the last two epochs; weights are 1 for the
   first two epochs.
@@ -37,6 +39,20 @@ class LossWeighting(nn.Module):
 
 class EqualWeighting(LossWeighting):
     """Sum of the task losses."""
+
+
+class FixedWeighting(LossWeighting):
+    """Weighted sum with constant ``weights``, one for every task."""
+
+    def __init__(self, tasks: Sequence[str], weights: Mapping[str, float]) -> None:
+        super().__init__(tasks)
+        if set(weights) != set(self.tasks):
+            raise ValueError(f"fixed loss weights are given for {sorted(weights)} but the tasks "
+                             f"are {sorted(self.tasks)}")
+        self.fixed = {t: float(weights[t]) for t in self.tasks}
+
+    def weights(self) -> dict[str, float]:
+        return dict(self.fixed)
 
 
 class UncertaintyWeighting(LossWeighting):
@@ -83,15 +99,18 @@ class DynamicWeightAverage(LossWeighting):
 
 WEIGHTINGS: dict[str, type[LossWeighting]] = {
     "equal": EqualWeighting,
+    "fixed": FixedWeighting,
     "uncertainty": UncertaintyWeighting,
     "dwa": DynamicWeightAverage,
 }
 
 
-def build_weighting(name: str, tasks: Sequence[str]) -> LossWeighting:
-    """The weighting registered as ``name`` for ``tasks``."""
-    try:
-        return WEIGHTINGS[name](tasks)
-    except KeyError:
+def build_weighting(name: str, tasks: Sequence[str], **kwargs: object) -> LossWeighting:
+    """The weighting registered as ``name`` for ``tasks``, with its keyword arguments."""
+    if name not in WEIGHTINGS:
         raise ValueError(f"unknown loss weighting {name!r}; expected one of "
-                         f"{sorted(WEIGHTINGS)}") from None
+                         f"{sorted(WEIGHTINGS)}")
+    try:
+        return WEIGHTINGS[name](tasks, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"bad arguments {kwargs} for loss weighting {name!r}: {error}") from None
