@@ -55,12 +55,32 @@ def parse_results(logged: dict[str, float], stage: str = "test") -> dict[str, di
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A plain-text table with one row per task and one column per metric."""
-    metrics = sorted({m for values in results.values() for m in values})
-    header = f"{'task':<12}" + "".join(f"{m:>12}" for m in metrics)
-    rows = [f"{task:<12}" + "".join(f"{values.get(m, float('nan')):>12.4f}" for m in metrics)
-            for task, values in results.items()]
-    return "\n".join([header, *rows])
+    """A plain-text table: one row per task and one column per metric when every task has the
+    same metrics, else one row per task and metric.
+
+    Example:
+        >>> print(format_table({"left": {"accuracy": 0.5}, "right": {"accuracy": 0.25}}))
+        task            accuracy
+        left              0.5000
+        right             0.2500
+        >>> print(format_table({"seg": {"miou": 0.5}, "depth": {"abs_err": 0.25, "rmse": 1.0}}))
+        task         metric                value
+        seg          miou                 0.5000
+        depth        abs_err              0.2500
+                     rmse                 1.0000
+    """
+    metric_sets = {tuple(values) for values in results.values()}
+    if len(metric_sets) == 1:
+        metrics = sorted(next(iter(metric_sets)))
+        header = f"{'task':<12}" + "".join(f"{m:>12}" for m in metrics)
+        rows = [f"{task:<12}" + "".join(f"{values[m]:>12.4f}" for m in metrics)
+                for task, values in results.items()]
+        return "\n".join([header, *rows])
+    rows = [f"{'task':<12} {'metric':<16} {'value':>10}"]
+    for task, values in results.items():
+        for i, (metric, value) in enumerate(values.items()):
+            rows.append(f"{task if i == 0 else '':<12} {metric:<16} {value:>10.4f}")
+    return "\n".join(rows)
 
 
 class TasknormCLI(LightningCLI):
@@ -71,10 +91,7 @@ class TasknormCLI(LightningCLI):
         self.quiet = quiet
         self.results: dict[str, Any] = {}
         super().__init__(
-            MultiTaskModule, L.LightningDataModule, subclass_mode_data=True,
-            parser_kwargs={command: {"default_config_files": [DEFAULT_CONFIG]}
-                           for command in ("fit", "validate", "test")},
-            args=args, run=run)
+            MultiTaskModule, L.LightningDataModule, subclass_mode_data=True, args=args, run=run)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
@@ -178,7 +195,12 @@ def _resolve_configs(args: list[str]) -> list[str]:
 
 
 def run_cli(args: list[str], quiet: bool = False) -> TasknormCLI:
-    """Run :class:`TasknormCLI` on ``args`` (a subcommand and its options)."""
+    """Run :class:`TasknormCLI` on ``args`` (a subcommand and its options); without a
+    ``--config`` the MultiDigits default config is used. (It is not a default config file of
+    the parser, because those are merged under every other config and would leak into it.)"""
+    if args[:1] in (["fit"], ["validate"], ["test"]) and not any(
+            a == "--config" or a.startswith("--config=") for a in args):
+        args = [args[0], "--config", DEFAULT_CONFIG, *args[1:]]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         # testing restores a checkpoint without its run's logger; ModelCheckpoint's bookkeeping

@@ -1,5 +1,6 @@
 """Datasets, generators and LightningDataModules."""
 
+from tasknorm.data.celeba import CelebA, CelebADataModule, write_tiny_celeba
 from tasknorm.data.cityscapes import (
     Cityscapes,
     Cityscapes3Task,
@@ -11,9 +12,17 @@ from tasknorm.data.cityscapes import (
 from tasknorm.data.datamodules import BenchmarkDataModule, MultiDigitsDataModule, carve_validation
 from tasknorm.data.multidigits import MultiDigits, MultiDigitsSpec, generate, load_multidigits
 from tasknorm.data.nyuv2 import NYUv2, NYUv2DataModule, write_tiny_nyuv2
+from tasknorm.data.pascal_context import (
+    PascalContext,
+    PascalContextDataModule,
+    write_tiny_pascal_context,
+)
+from tasknorm.data.scenes import RenderedScenesDataModule, ScenesSpec, render_scenes
 
 __all__ = [
     "BenchmarkDataModule",
+    "CelebA",
+    "CelebADataModule",
     "Cityscapes",
     "Cityscapes3Task",
     "Cityscapes3TaskDataModule",
@@ -23,10 +32,17 @@ __all__ = [
     "MultiDigitsSpec",
     "NYUv2",
     "NYUv2DataModule",
+    "PascalContext",
+    "PascalContextDataModule",
+    "RenderedScenesDataModule",
+    "ScenesSpec",
     "carve_validation",
     "generate",
     "load_multidigits",
+    "render_scenes",
+    "write_tiny_celeba",
     "write_tiny_cityscapes",
     "write_tiny_cityscapes_3task",
     "write_tiny_nyuv2",
+    "write_tiny_pascal_context",
 ]
