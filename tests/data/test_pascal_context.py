@@ -8,19 +8,16 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from tasknorm.data.boundaries import label_boundaries, thin
 from tasknorm.data.pascal_context import (
     NORMALS_VALID_CLASSES,
     PascalContext,
     PascalContextDataModule,
-    RandomScaleRotate,
     images_with_person,
-    label_boundaries,
-    pascal_transform,
     read_person_parts,
-    thin,
-    write_tiny_pascal_context,
 )
-from tasknorm.data.transforms import Normals
+from tasknorm.data.pascal_context_writer import write_tiny_pascal_context
+from tasknorm.data.transforms import Normals, RandomScaleRotate, pascal_transform
 from tasknorm.tasks import EdgeTask, NormalsTask, SaliencyTask, SegmentationTask
 
 

@@ -6,21 +6,23 @@ import torch
 
 from tasknorm.data import scenes
 from tasknorm.data.nyuv2 import NYUv2
-from tasknorm.data.scenes import (
+from tasknorm.data.scene_render import (
     CLASSES,
     Box,
     Camera,
     Picture,
-    RenderedScenesDataModule,
     Scene,
-    ScenesSpec,
     Sphere,
-    is_complete,
     render,
-    render_scenes,
     sample_scene,
-    scenes_root,
     trace,
+)
+from tasknorm.data.scenes import (
+    RenderedScenesDataModule,
+    ScenesSpec,
+    is_complete,
+    render_scenes,
+    scenes_root,
 )
 
 H, W, FOV = 24, 32, 60.0

@@ -12,11 +12,8 @@ from tasknorm.data.cityscapes import (
 from tasknorm.data.datamodules import BenchmarkDataModule, MultiDigitsDataModule, carve_validation
 from tasknorm.data.multidigits import MultiDigits, MultiDigitsSpec, generate, load_multidigits
 from tasknorm.data.nyuv2 import NYUv2, NYUv2DataModule, write_tiny_nyuv2
-from tasknorm.data.pascal_context import (
-    PascalContext,
-    PascalContextDataModule,
-    write_tiny_pascal_context,
-)
+from tasknorm.data.pascal_context import PascalContext, PascalContextDataModule
+from tasknorm.data.pascal_context_writer import write_tiny_pascal_context
 from tasknorm.data.scenes import RenderedScenesDataModule, ScenesSpec, render_scenes
 
 __all__ = [

@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from tasknorm.data.datamodules import BenchmarkDataModule
-from tasknorm.data.nyuv2 import (
+from tasknorm.data.numbered import (
     NumberedFilesDataset,
     Split,
     carve_splits,

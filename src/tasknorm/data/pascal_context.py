@@ -21,15 +21,16 @@ Tasks and their in-memory encodings (the reference's encodings converted to the 
   :data:`NORMALS_VALID_CLASSES`, the classes the reference deems compatible with NYU normals.
 * ``saliency``: float32 (1, H, W) in {0, 1}, the distilled map binarised at 0.5.
 * ``edges``: float32 (1, H, W) in {0, 1}, the boundaries of ``LabelMap``: non-zero 4-neighbour
-  Laplacian, thinned to one pixel (:func:`label_boundaries`), as the reference.
+  Laplacian, thinned to one pixel (:func:`tasknorm.data.boundaries.label_boundaries`), as the
+  reference.
 
 The public layout has no validation split: its ``val`` list is the test split of the
 literature, so :class:`PascalContextDataModule` carves a validation subset out of ``train``.
+:mod:`tasknorm.data.pascal_context_writer` writes tiny copies of this layout for tests.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
+from tasknorm.data.boundaries import label_boundaries
 from tasknorm.data.datamodules import BenchmarkDataModule, carve_validation
-from tasknorm.data.transforms import Normals, unwrap_sample, wrap_sample
+from tasknorm.data.transforms import pascal_transform, unwrap_sample, wrap_sample
 from tasknorm.tasks import EdgeTask, NormalsTask, SaliencyTask, SegmentationTask, Task
 
 TASKS = ("segmentation", "parts", "saliency", "normals", "edges")
@@ -81,8 +81,6 @@ NORMALS_VALID_CLASSES = frozenset((
 that are also NYU class names (the reference's ``db_info/{context,nyu}_classes.json``), plus
 ``tvmonitor`` (427), which the reference adds by hand."""
 _NORMALS_VALID = np.array(sorted(NORMALS_VALID_CLASSES))
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 KINDS = {"image": "image", "segmentation": "label", "parts": "label", "saliency": "mask",
          "edges": "mask", "normals": "normals"}
 """How each entry of a sample is wrapped for :mod:`tasknorm.data.transforms`."""
@@ -103,7 +101,7 @@ class PascalContext(Dataset):
         split: ``"train"`` or ``"val"``: which ``ImageSets/Context`` list gives the default ids.
         tasks: subset of :data:`TASKS` to load.
         transform: v2 transform applied to the sample wrapped with :data:`KINDS` (e.g.
-            :func:`pascal_transform`); normals are re-normalised afterwards
+            :func:`tasknorm.data.transforms.pascal_transform`); normals are re-normalised afterwards
             (:func:`unit_normals`).
         ids: image ids to use instead of the whole split list.
 
@@ -222,160 +220,11 @@ def images_with_person(root: str | Path, ids: Sequence[str]) -> list[str]:
         for obj in _annotation_objects(folder / f"{i}.mat"))]
 
 
-def label_boundaries(label_map: np.ndarray) -> np.ndarray:
-    """Edge map of a label map: pixels where the 4-neighbour Laplacian (borders reflected,
-    OpenCV's default) is non-zero, thinned to one-pixel-wide lines by :func:`thin`.
-
-    Example:
-        >>> label_map = np.zeros((4, 6), dtype=np.uint16)
-        >>> label_map[:, 3:] = 7
-        >>> label_boundaries(label_map).astype(int)
-        array([[0, 0, 0, 0, 0, 0],
-               [0, 0, 1, 0, 0, 0],
-               [0, 0, 1, 0, 0, 0],
-               [0, 0, 1, 0, 0, 0]])
-    """
-    values = np.asarray(label_map, dtype=np.int64)
-    padded = np.pad(values, 1, mode="reflect")
-    laplacian = (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
-                 - 4 * values)
-    return thin(laplacian != 0)
-
-
-def _thinning_tables() -> tuple[np.ndarray, np.ndarray]:
-    """Deletion tables of the two sub-iterations of Guo and Hall's parallel thinning (1989;
-    algorithm A1 of Lam, Lee and Suen's 1992 survey), indexed by the 8-neighbour code whose
-    bit k is neighbour x(k+1); x1..x8 run counter-clockwise from the east neighbour."""
-    codes = np.arange(256)
-    x = [None, *((codes >> k) & 1 for k in range(8))]
-    x.append(x[1])
-    crossings = sum((1 - x[2 * i - 1]) & (x[2 * i] | x[2 * i + 1]) for i in range(1, 5))
-    n1 = sum(x[2 * k - 1] | x[2 * k] for k in range(1, 5))
-    n2 = sum(x[2 * k] | x[2 * k + 1] for k in range(1, 5))
-    common = (crossings == 1) & (np.minimum(n1, n2) >= 2) & (np.minimum(n1, n2) <= 3)
-    first = common & (((x[2] | x[3] | (1 - x[8])) & x[1]) == 0)
-    second = common & (((x[6] | x[7] | (1 - x[4])) & x[5]) == 0)
-    return first, second
-
-
-_THINNING_TABLES = _thinning_tables()
-_NEIGHBOURS = ((0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1, 1))
-
-
-def thin(mask: np.ndarray) -> np.ndarray:
-    """Thin the foreground of a boolean ``mask`` to one-pixel-wide, 8-connected lines.
-
-    Guo-Hall two-subiteration thinning until nothing changes, pixels outside the image counting
-    as background; the same algorithm as ``skimage.morphology.thin`` (which the reference
-    uses), written here to avoid a scikit-image dependency for one function.
-
-    Example:
-        >>> bar = np.zeros((4, 6), dtype=bool)
-        >>> bar[1:3, 1:5] = True
-        >>> thin(bar).astype(int)
-        array([[0, 0, 0, 0, 0, 0],
-               [0, 0, 0, 0, 0, 0],
-               [0, 1, 1, 1, 0, 0],
-               [0, 0, 0, 0, 0, 0]])
-    """
-    height, width = mask.shape
-    padded = np.pad(np.asarray(mask, dtype=bool), 1)
-    inner = padded[1:-1, 1:-1]
-    changed = True
-    while changed:
-        changed = False
-        for table in _THINNING_TABLES:
-            code = np.zeros((height, width), dtype=np.uint8)
-            for bit, (dy, dx) in enumerate(_NEIGHBOURS):
-                shifted = padded[1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
-                code |= shifted.astype(np.uint8) << bit
-            delete = inner & table[code]
-            if delete.any():
-                inner[delete] = False
-                changed = True
-    return inner.copy()
-
-
 def unit_normals(normals: Tensor, min_norm: float = 0.5) -> Tensor:
     """``normals`` (3, H, W) scaled to unit length; vectors shorter than ``min_norm`` (invalid
     zeros, or mostly-invalid blends after interpolation) become the all-zero invalid vector."""
     norm = normals.square().sum(dim=0, keepdim=True).sqrt()  # much faster than norm(dim=0)
     return torch.where(norm >= min_norm, normals / norm.clamp_min(min_norm), 0.0)
-
-
-class RandomScaleRotate(v2.Transform):
-    """Rotate and zoom about the image centre by random amounts; the output keeps its size.
-
-    The reference's ``ScaleNRotate``: angle uniform in ``degrees`` (counter-clockwise
-    positive), zoom uniform in ``scales`` (> 1 zooms in). Images and normals are resampled
-    bilinearly, labels and masks by nearest neighbour. Uncovered border pixels (zoom out, rotated
-    corners) are black in the image and ignored by every task: -1 in integer label maps, NaN in
-    float masks (saliency, edges), the all-zero vector in normals. Normal vectors are rotated
-    with the image: for a counter-clockwise angle θ and y pointing down,
-    ``(x, y) -> (x cos θ + y sin θ, -x sin θ + y cos θ)``.
-
-    Args:
-        degrees: ``d`` for angles in ``[-d, d]``, or a ``(low, high)`` range.
-        scales: ``(low, high)`` range of zoom factors.
-    """
-
-    def __init__(self, degrees: float | tuple[float, float] = 20.0,
-                 scales: tuple[float, float] = (0.75, 1.25)) -> None:
-        super().__init__()
-        low, high = (-degrees, degrees) if isinstance(degrees, int | float) else degrees
-        if low > high or not 0 < scales[0] <= scales[1]:
-            raise ValueError(f"need degrees low <= high and 0 < scale low <= high, got degrees "
-                             f"{degrees} and scales {scales}")
-        self.degrees = (float(low), float(high))
-        self.scales = (float(scales[0]), float(scales[1]))
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        return {"angle": float(torch.empty(()).uniform_(*self.degrees)),
-                "scale": float(torch.empty(()).uniform_(*self.scales))}
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        angle = params["angle"]
-        # F.affine rotates clockwise for positive angles.
-        geometry = {"angle": -angle, "translate": [0.0, 0.0], "scale": params["scale"],
-                    "shear": [0.0, 0.0]}
-        if isinstance(inpt, Normals):
-            x, y, z = inpt.as_subclass(Tensor)
-            cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-            rotated = torch.stack([x * cos + y * sin, -x * sin + y * cos, z])
-            warped = F.affine(rotated, **geometry, interpolation=v2.InterpolationMode.BILINEAR)
-            return tv_tensors.wrap(warped, like=inpt)
-        if isinstance(inpt, tv_tensors.Mask):
-            return F.affine(inpt, **geometry, fill=math.nan if inpt.is_floating_point() else -1)
-        if isinstance(inpt, tv_tensors.Image):
-            return F.affine(inpt, **geometry, interpolation=v2.InterpolationMode.BILINEAR)
-        return inpt
-
-    # torchvision < 0.21 calls the hooks by their former private names.
-    _get_params = make_params
-    _transform = transform
-
-
-def pascal_transform(image_size: int = 512, augment: bool = False, flip: float = 0.5,
-                     degrees: float | tuple[float, float] = 20.0,
-                     scales: tuple[float, float] = (0.75, 1.25),
-                     normalize: bool = True) -> v2.Compose:
-    """The reference's PASCAL-Context pipeline on wrapped samples.
-
-    Training (``augment``): horizontal flip with probability ``flip``,
-    :class:`RandomScaleRotate`, resize to ``image_size`` × ``image_size``; evaluation: the
-    resize only. Both end with ImageNet mean/std normalisation of the image (``normalize``).
-
-    Example:
-        >>> [type(step).__name__ for step in pascal_transform(64, augment=True).transforms]
-        ['RandomHorizontalFlip', 'RandomScaleRotate', 'Resize', 'Normalize']
-    """
-    steps: list[v2.Transform] = []
-    if augment:
-        steps += [v2.RandomHorizontalFlip(p=flip), RandomScaleRotate(degrees, scales)]
-    steps.append(v2.Resize((image_size, image_size), antialias=True))
-    if normalize:
-        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
-    return v2.Compose(steps)
 
 
 class PascalContextDataModule(BenchmarkDataModule):
@@ -443,110 +292,6 @@ class PascalContextDataModule(BenchmarkDataModule):
         return {"train": split("train", [train_ids[i] for i in train], augment),
                 "val": split("train", [train_ids[i] for i in val], evaluate),
                 "test": split("val", test_ids, evaluate)}
-
-
-def write_tiny_pascal_context(root: str | Path, sizes: tuple[int, int] = (6, 3),
-                              height: int = 20, width: int = 28, seed: int = 0) -> Path:
-    """Write a tiny PASCAL-Context in the ``PASCAL_MT`` layout under ``root``; return ``root``.
-
-    ``sizes`` images in the ``train`` and ``val`` lists, ``height`` × ``width`` pixels, with
-    blocky random contents: JPEG images, grey 8-bit semantic PNGs (classes 0-20 and some 255)
-    under ``semseg/pascal-context/``, RGB normal PNGs, grey saliency PNGs, ``LabelMap`` .mat
-    files (uint16, classes inside and outside :data:`NORMALS_VALID_CLASSES`) and PASCAL-Part
-    .mat files in the real struct layout (``anno.objects`` with ``class``, ``class_ind``,
-    ``mask``, ``parts`` = ``part_name`` + ``mask``). Image ``i`` cycles through four cases: no
-    person (a dog), a person with four parts, a person without part annotations (plus a bird),
-    and two people with four parts each. ``height`` must be at least 8 so that every part
-    mask is non-empty.
-    """
-    if height < 8 or width < 2:
-        raise ValueError(f"tiny PASCAL-Context images need height >= 8 and width >= 2, got "
-                         f"{height}×{width}")
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    folders = ("JPEGImages", "ImageSets/Context", "semseg/pascal-context", "human_parts",
-               "normals_distill", "sal_distill", "pascal-context/trainval")
-    for folder in folders:
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    ids = [f"2008_{i:06d}" for i in range(1, sum(sizes) + 1)]
-    for split, chunk in (("train", ids[:sizes[0]]), ("val", ids[sizes[0]:])):
-        (root / "ImageSets/Context" / f"{split}.txt").write_text("".join(f"{i}\n" for i in chunk))
-
-    def blocks(values: Sequence[int] | np.ndarray, channels: int = 0) -> np.ndarray:
-        shape = (-(-height // 4), -(-width // 4), *((channels,) if channels else ()))
-        coarse = rng.choice(np.asarray(values), size=shape)
-        return coarse.repeat(4, axis=0).repeat(4, axis=1)[:height, :width]
-
-    label_pool = (0, 2, 98, 158, 284, 427, 440)  # in and outside NORMALS_VALID_CLASSES
-    for index, image_id in enumerate(ids):
-        pixels = np.clip(blocks(range(40, 216), 3) + rng.integers(-15, 16, (height, width, 3)),
-                         0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        semantic = blocks(range(21)).astype(np.uint8)
-        semantic[rng.random((height, width)) < 0.05] = 255
-        Image.fromarray(semantic).save(root / "semseg/pascal-context" / f"{image_id}.png")
-        vectors = rng.normal(size=(height // 4 + 1, width // 4 + 1, 3))
-        vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
-        vectors = vectors.repeat(4, axis=0).repeat(4, axis=1)[:height, :width]
-        encoded = np.round((vectors + 1) / 2 * 255).astype(np.uint8)
-        Image.fromarray(encoded).save(root / "normals_distill" / f"{image_id}.png")
-        grey = blocks([0, 60, 127, 128, 200, 255]).astype(np.uint8)
-        Image.fromarray(grey).save(root / "sal_distill" / f"{image_id}.png")
-        scipy.io.savemat(root / "pascal-context/trainval" / f"{image_id}.mat",
-                         {"LabelMap": blocks(label_pool).astype(np.uint16)})
-        objects = _tiny_objects(index % 4, height, width, rng)
-        write_part_annotation(root / "human_parts" / f"{image_id}.mat", image_id, objects)
-    return root
-
-
-PartObject = tuple[str, int, np.ndarray, Sequence[tuple[str, np.ndarray]]]
-"""``(class name, class_ind, object mask, [(part name, part mask), ...])``."""
-
-
-def write_part_annotation(path: str | Path, image_id: str, objects: Sequence[PartObject]) -> None:
-    """Write a PASCAL-Part annotation file: struct ``anno`` with ``imname`` and a 1 × N
-    ``objects`` struct array (``class``, ``class_ind``, ``mask``, ``parts``; ``parts`` a 1 × M
-    struct array of ``part_name`` and ``mask``, or an empty 0 × 0 array)."""
-    records = np.empty((1, len(objects)), dtype=[(f, "O") for f in (
-        "class", "class_ind", "mask", "parts")])
-    for i, (name, class_ind, mask, parts) in enumerate(objects):
-        part_records: np.ndarray = np.zeros((0, 0))
-        if parts:
-            part_records = np.empty((1, len(parts)), dtype=[("part_name", "O"), ("mask", "O")])
-            for j, (part_name, part_mask) in enumerate(parts):
-                part_records[0, j] = (part_name, part_mask.astype(np.uint8))
-        records[0, i] = (name, np.array([[float(class_ind)]]), mask.astype(np.uint8),
-                         part_records)
-    scipy.io.savemat(path, {"anno": {"imname": image_id, "objects": records}})
-
-
-def _tiny_objects(case: int, height: int, width: int,
-                  rng: np.random.Generator) -> list[PartObject]:
-    def box() -> np.ndarray:
-        mask = np.zeros((height, width), dtype=bool)
-        top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-        mask[top:top + height // 2, left:left + width // 2] = True
-        return mask
-
-    def person() -> PartObject:
-        """A box-shaped person whose rows are split into four bands, one per random part."""
-        body = box()
-        names = rng.choice(sorted(PERSON_PARTS), size=4, replace=False)
-        bands = np.array_split(np.flatnonzero(body.any(axis=1)), len(names))
-        parts = []
-        for name, rows in zip(names, bands, strict=True):
-            mask = np.zeros_like(body)
-            mask[rows] = body[rows]
-            parts.append((str(name), mask))
-        return ("person", PERSON_CLASS, body, parts)
-
-    if case == 0:
-        return [("dog", 12, box(), [])]
-    if case == 1:
-        return [person()]
-    if case == 2:
-        return [("bird", 3, box(), []), ("person", PERSON_CLASS, box(), [])]
-    return [person(), person()]
 
 
 def _checked_tasks(tasks: Sequence[str]) -> list[str]:

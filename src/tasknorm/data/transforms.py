@@ -10,12 +10,14 @@ image    ``tv_tensors.Image``      bilinear
 label    ``tv_tensors.Mask``       nearest (ignore value -1 stays -1)
 depth    :class:`Depth` (a Mask)   nearest; :class:`RandomScaleCrop` rescales the values
 normals  :class:`Normals` (Image)  bilinear; flips negate the flipped component; colour
-                                   transforms leave it alone; rotations are refused
+                                   transforms leave it alone; rotations are refused, except
+                                   :class:`RandomScaleRotate`, which rotates the vectors
 mask     ``tv_tensors.Mask``       nearest (saliency, edges)
 ======== ========================= ===============================================================
 
 :func:`unwrap_sample` turns the result back into plain tensors. :func:`train_transform` builds
-the standard training pipeline of each benchmark.
+the standard training pipeline of NYUv2 and Cityscapes, :func:`pascal_transform` that of
+PASCAL-Context.
 
 Example:
     >>> import torch
@@ -30,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -41,6 +44,8 @@ from torchvision.transforms.v2 import functional as F
 
 DepthScaling = Literal["divide", "multiply"]
 Benchmark = Literal["nyuv2", "cityscapes", "cityscapes_3task"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Depth(tv_tensors.Mask):
@@ -55,7 +60,8 @@ class Normals(tv_tensors.Image):
     Resampled bilinearly like an image (interpolated vectors are not re-normalised, as in the
     mtan/LibMTL reference); horizontal / vertical flips negate the x / y component; colour and
     normalisation transforms leave it unchanged; rotations, affine, perspective and elastic
-    transforms raise, since they would have to rotate the vectors too.
+    transforms raise, since they would have to rotate the vectors too (:class:`RandomScaleRotate`
+    does rotate them).
     """
 
 
@@ -196,6 +202,58 @@ class RandomScaleCrop(v2.Transform):
     _transform = transform
 
 
+class RandomScaleRotate(v2.Transform):
+    """Rotate and zoom about the image centre by random amounts; the output keeps its size.
+
+    The reference's ``ScaleNRotate``: angle uniform in ``degrees`` (counter-clockwise
+    positive), zoom uniform in ``scales`` (> 1 zooms in). Images and normals are resampled
+    bilinearly, labels and masks by nearest neighbour. Uncovered border pixels (zoom out, rotated
+    corners) are black in the image and ignored by every task: -1 in integer label maps, NaN in
+    float masks (saliency, edges), the all-zero vector in normals. Normal vectors are rotated
+    with the image: for a counter-clockwise angle θ and y pointing down,
+    ``(x, y) -> (x cos θ + y sin θ, -x sin θ + y cos θ)``.
+
+    Args:
+        degrees: ``d`` for angles in ``[-d, d]``, or a ``(low, high)`` range.
+        scales: ``(low, high)`` range of zoom factors.
+    """
+
+    def __init__(self, degrees: float | tuple[float, float] = 20.0,
+                 scales: tuple[float, float] = (0.75, 1.25)) -> None:
+        super().__init__()
+        low, high = (-degrees, degrees) if isinstance(degrees, int | float) else degrees
+        if low > high or not 0 < scales[0] <= scales[1]:
+            raise ValueError(f"need degrees low <= high and 0 < scale low <= high, got degrees "
+                             f"{degrees} and scales {scales}")
+        self.degrees = (float(low), float(high))
+        self.scales = (float(scales[0]), float(scales[1]))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"angle": float(torch.empty(()).uniform_(*self.degrees)),
+                "scale": float(torch.empty(()).uniform_(*self.scales))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        angle = params["angle"]
+        # F.affine rotates clockwise for positive angles.
+        geometry = {"angle": -angle, "translate": [0.0, 0.0], "scale": params["scale"],
+                    "shear": [0.0, 0.0]}
+        if isinstance(inpt, Normals):
+            x, y, z = inpt.as_subclass(Tensor)
+            cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+            rotated = torch.stack([x * cos + y * sin, -x * sin + y * cos, z])
+            warped = F.affine(rotated, **geometry, interpolation=v2.InterpolationMode.BILINEAR)
+            return tv_tensors.wrap(warped, like=inpt)
+        if isinstance(inpt, tv_tensors.Mask):
+            return F.affine(inpt, **geometry, fill=math.nan if inpt.is_floating_point() else -1)
+        if isinstance(inpt, tv_tensors.Image):
+            return F.affine(inpt, **geometry, interpolation=v2.InterpolationMode.BILINEAR)
+        return inpt
+
+    # torchvision < 0.21 calls the hooks by their former private names.
+    _get_params = make_params
+    _transform = transform
+
+
 def train_transform(benchmark: Benchmark, depth_scaling: DepthScaling = "divide",
                     crop_size: tuple[int, int] = (256, 256)) -> v2.Compose:
     """The standard training augmentation of ``benchmark``, on wrapped samples.
@@ -222,3 +280,26 @@ def train_transform(benchmark: Benchmark, depth_scaling: DepthScaling = "divide"
         raise ValueError(f"unknown benchmark {benchmark!r}; expected 'nyuv2', 'cityscapes' or "
                          f"'cityscapes_3task'")
     return v2.Compose([zoom, v2.RandomHorizontalFlip(p=0.5)])
+
+
+def pascal_transform(image_size: int = 512, augment: bool = False, flip: float = 0.5,
+                     degrees: float | tuple[float, float] = 20.0,
+                     scales: tuple[float, float] = (0.75, 1.25),
+                     normalize: bool = True) -> v2.Compose:
+    """The reference's PASCAL-Context pipeline on wrapped samples.
+
+    Training (``augment``): horizontal flip with probability ``flip``,
+    :class:`RandomScaleRotate`, resize to ``image_size`` × ``image_size``; evaluation: the
+    resize only. Both end with ImageNet mean/std normalisation of the image (``normalize``).
+
+    Example:
+        >>> [type(step).__name__ for step in pascal_transform(64, augment=True).transforms]
+        ['RandomHorizontalFlip', 'RandomScaleRotate', 'Resize', 'Normalize']
+    """
+    steps: list[v2.Transform] = []
+    if augment:
+        steps += [v2.RandomHorizontalFlip(p=flip), RandomScaleRotate(degrees, scales)]
+    steps.append(v2.Resize((image_size, image_size), antialias=True))
+    if normalize:
+        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    return v2.Compose(steps)

@@ -1,5 +1,13 @@
 """Tasks (head, loss, metrics with directions) and the multi-task Δm."""
 
+from tasknorm.tasks.binary_map_metrics import (
+    EDGE_THRESHOLDS,
+    SALIENCY_THRESHOLDS,
+    EdgeFMeasure,
+    SaliencyMaxF,
+    SaliencyMeanIoU,
+    disk_max_pool,
+)
 from tasknorm.tasks.delta import POOLINGS, delta_m
 from tasknorm.tasks.dense import (
     DepthTask,
@@ -12,21 +20,15 @@ from tasknorm.tasks.dense import (
 from tasknorm.tasks.metrics import (
     AGGREGATIONS,
     ANGLE_BINS_PER_DEGREE,
-    EDGE_THRESHOLDS,
     NORMAL_THRESHOLDS,
-    SALIENCY_THRESHOLDS,
     DepthAbsError,
     DepthRelError,
     DepthRMSE,
-    EdgeFMeasure,
     MeanIoU,
     NormalMeanAngle,
     NormalMedianAngle,
     NormalWithinAngle,
     PixelAccuracy,
-    SaliencyMaxF,
-    SaliencyMeanIoU,
-    disk_max_pool,
     normal_angles,
 )
 from tasknorm.tasks.task import IGNORE_INDEX, BinaryTask, ClassificationTask, Task

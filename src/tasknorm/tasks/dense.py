@@ -14,19 +14,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from tasknorm.tasks.binary_map_metrics import EdgeFMeasure, SaliencyMaxF, SaliencyMeanIoU
 from tasknorm.tasks.metrics import (
     Aggregation,
     DepthAbsError,
     DepthRelError,
     DepthRMSE,
-    EdgeFMeasure,
     MeanIoU,
     NormalMeanAngle,
     NormalMedianAngle,
     NormalWithinAngle,
     PixelAccuracy,
-    SaliencyMaxF,
-    SaliencyMeanIoU,
 )
 from tasknorm.tasks.task import IGNORE_INDEX, Task
 
