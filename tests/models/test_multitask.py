@@ -1,10 +1,29 @@
+from functools import partial
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.regression import MeanSquaredError
 
-from tasknorm.models import ARCHITECTURES, MultiTaskModel, build_backbone, count_flops, digits_cnn
-from tasknorm.nn import SigmaBatchNorm2d, TaskBatchNorm2d, TaskSigmaBatchNorm2d, use_task
+from tasknorm.models import (
+    ARCHITECTURES,
+    MultiTaskModel,
+    build_backbone,
+    count_flops,
+    count_parameters,
+    digits_cnn,
+)
+from tasknorm.nn import (
+    SigmaBatchNorm2d,
+    TaskBatchNorm2d,
+    TaskRouted,
+    TaskSigmaBatchNorm2d,
+    use_task,
+)
 from tasknorm.tasks import ClassificationTask
+from tasknorm.tasks.task import Task
 
 TASKS = [ClassificationTask("left", 10), ClassificationTask("right", 5)]
 
@@ -69,3 +88,96 @@ def test_resnet_backbone_exposes_features():
     backbone = build_backbone("resnet18", in_channels=1)
     assert backbone.out_features == 512
     assert backbone(torch.randn(2, 1, 32, 32)).shape == (2, 512)
+
+
+class DenseStandIn(Task):
+    """A minimal task with ``out_channels`` (the tasks module's dense tasks are tested there)."""
+
+    def __init__(self, name, out_channels):
+        self.out_channels = out_channels
+        super().__init__(name, primary="mse")
+
+    def build_head(self, in_features):
+        return nn.Conv2d(in_features, self.out_channels, 1)
+
+    def loss(self, output, target):
+        return (output - target).square().mean()
+
+    def build_metrics(self):
+        return MetricCollection({"mse": MeanSquaredError()})
+
+
+DENSE = [DenseStandIn("segmentation", 13), DenseStandIn("depth", 1), DenseStandIn("normals", 3)]
+
+
+class StridedStandIn(nn.Sequential):
+    """A tiny dense backbone with output stride 4."""
+
+    def __init__(self):
+        super().__init__(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.out_features = 8
+
+
+@pytest.mark.parametrize("head", [None, "conv", "segnet"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_dense_outputs_are_resized_to_the_input(architecture, head):
+    torch.manual_seed(0)
+    net = MultiTaskModel(StridedStandIn, DENSE, architecture, head=head).eval()
+    x = torch.randn(2, 3, 18, 22)
+    outputs = net(x)
+    assert {t: o.shape for t, o in outputs.items()} == {
+        "segmentation": (2, 13, 18, 22), "depth": (2, 1, 18, 22), "normals": (2, 3, 18, 22)}
+    for task in ("segmentation", "normals"):
+        if architecture == "single_task":
+            features = net.backbones[task](x)
+        elif net.task_specific:
+            with use_task(task):
+                features = net.backbone(x)
+        else:
+            features = net.backbone(x)
+        small = net.heads[task](features)
+        assert small.shape[-2:] == (5, 6)
+        expected = F.interpolate(small, (18, 22), mode="bilinear", align_corners=True)
+        torch.testing.assert_close(outputs[task], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(outputs[task][..., 0, 0], small[..., 0, 0])  # corners kept
+
+
+def test_heads_by_name_get_the_task_channels_and_stay_plain():
+    net = MultiTaskModel(lambda: build_backbone("segnet", width=0.125), DENSE, "task_sigma",
+                         head="segnet")
+    assert {t: h[-1].out_channels for t, h in net.heads.items()} == {
+        "segmentation": 13, "depth": 1, "normals": 3}
+    assert not any(isinstance(m, TaskRouted) for m in net.heads.modules())
+    assert all(isinstance(m, TaskRouted) for m in net.backbone.modules()
+               if "Norm" in type(m).__name__)
+    net = MultiTaskModel(lambda: build_backbone("celeba_cnn", width=4),
+                         [DenseStandIn("smiling", 1), DenseStandIn("male", 1)], "task_sigma",
+                         head="linear")
+    assert {t: o.shape for t, o in net(torch.randn(2, 3, 16, 16)).items()} == {
+        "smiling": (2, 1), "male": (2, 1)}
+    with pytest.raises(ValueError, match="unknown head 'fcn'"):
+        MultiTaskModel(StridedStandIn, DENSE, "hard", head="fcn")
+
+
+@pytest.mark.parametrize(("backbone", "kwargs", "head"), [
+    ("segnet", {"width": 0.25}, "segnet"),
+    pytest.param("resnet50_dilated", {}, "aspp", marks=pytest.mark.slow),  # the LibMTL model
+])
+def test_flops_and_parameters_hard_vs_task_sigma(backbone, kwargs, head):
+    """3 tasks: TSσBN runs the backbone once per task (FLOPs = hard sharing + 2 × backbone;
+    FlopCounterMode counts convolutions, not norms) and has one parameter more per norm channel
+    (3 σ gates instead of a shared γ and β)."""
+    x = torch.randn(2, 3, 32, 32)
+    build = partial(build_backbone, backbone, **kwargs)
+    counts = {}
+    for architecture in ("hard", "task_sigma"):
+        torch.manual_seed(0)
+        net = MultiTaskModel(build, DENSE, architecture, head=head).eval()
+        counts[architecture] = count_parameters(net), count_flops(net, x)
+    plain = build().eval()
+    (hard_params, hard_flops), (ts_params, ts_flops) = counts["hard"], counts["task_sigma"]
+    assert ts_flops == hard_flops + 2 * count_flops(plain, x)
+    norm_channels = sum(m.num_features for m in plain.modules() if isinstance(m, nn.BatchNorm2d))
+    assert ts_params - hard_params == (3 - 2) * norm_channels
+    assert 1.0 < ts_params / hard_params < 1.01

@@ -1,22 +1,49 @@
-"""Backbones and the multi-task model."""
+"""Backbones, task heads, pretrained-weight loading and the multi-task model."""
 
 from tasknorm.models.backbones import (
     BACKBONES,
+    CelebaCNN,
     DigitsCNN,
     build_backbone,
+    celeba_cnn,
     count_flops,
     count_parameters,
     digits_cnn,
 )
+from tasknorm.models.dense import (
+    DilatedCNN,
+    DilatedResNet,
+    SegNet,
+    VisionTransformerFeatures,
+    dilated_cnn,
+    resnet50_dilated,
+    segnet,
+    vit_small,
+)
+from tasknorm.models.heads import HEADS, build_head
 from tasknorm.models.multitask import ARCHITECTURES, MultiTaskModel
+from tasknorm.models.weights import load_weights
 
 __all__ = [
     "ARCHITECTURES",
     "BACKBONES",
+    "HEADS",
+    "CelebaCNN",
     "DigitsCNN",
+    "DilatedCNN",
+    "DilatedResNet",
     "MultiTaskModel",
+    "SegNet",
+    "VisionTransformerFeatures",
     "build_backbone",
+    "build_head",
+    "celeba_cnn",
     "count_flops",
     "count_parameters",
     "digits_cnn",
+    "dilated_cnn",
+    "load_weights",
+    "resnet50_dilated",
+    "segnet",
+    "vit_small",
 ]

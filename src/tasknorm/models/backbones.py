@@ -1,6 +1,7 @@
 """Backbones: feature extractors with an ``out_features`` attribute, built by name.
 
-Builders follow torchvision: one function per model, no weights loaded at construction.
+Builders follow torchvision: one function per model; pretrained weights, where a builder takes
+them, come from a local file (:mod:`tasknorm.models.weights`) after construction.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torchvision
 from torch import Tensor, nn
+
+from tasknorm.models.dense import dilated_cnn, resnet50_dilated, segnet, vit_small
 
 
 class DigitsCNN(nn.Module):
@@ -42,6 +45,48 @@ def digits_cnn(in_channels: int = 1, width: int = 32) -> DigitsCNN:
     return DigitsCNN(in_channels, width)
 
 
+class CelebaCNN(nn.Module):
+    """The CelebA network of FAMO (``Cranial-XIX/FAMO``, ``experiments/celeba/models.py``, the
+    ``shared_base``): seven 3×3 conv-BN-ReLU layers (64, 128, 128, 256, 256, 512, 512 channels;
+    no conv bias) with a 2×2 max-pool after the 1st, 3rd and 5th, global average pooling, then
+    two bias-free ``Linear(512, 512)``-BatchNorm1d-ReLU layers; ``out_features = 8 * width``.
+
+    ``width`` scales every layer (64 is FAMO's). Each attribute's head is a ``Linear(512, 1)``.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 64) -> None:
+        super().__init__()
+        widths = (width, 2 * width, 2 * width, 4 * width, 4 * width, 8 * width, 8 * width)
+        pool_after = {0, 2, 4}
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for index, out in enumerate(widths):
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                       nn.ReLU(inplace=True)]
+            if index in pool_after:
+                layers.append(nn.MaxPool2d(2, 2))
+            channels = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Sequential(*(m for _ in range(2) for m in (
+            nn.Linear(channels, channels, bias=False), nn.BatchNorm1d(channels),
+            nn.ReLU(inplace=True))))
+        self.out_features = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x))
+
+
+def celeba_cnn(in_channels: int = 3, width: int = 64) -> CelebaCNN:
+    """FAMO's CelebA backbone (see :class:`CelebaCNN`); 512 features at ``width=64``.
+
+    Example:
+        >>> import torch
+        >>> celeba_cnn(width=8)(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 64])
+    """
+    return CelebaCNN(in_channels, width)
+
+
 def torchvision_resnet(name: str, in_channels: int = 3) -> nn.Module:
     """A torchvision ResNet trunk (random init) whose ``fc`` is removed."""
     model = getattr(torchvision.models, name)(weights=None)
@@ -53,10 +98,18 @@ def torchvision_resnet(name: str, in_channels: int = 3) -> nn.Module:
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "celeba_cnn": celeba_cnn,
     "digits_cnn": digits_cnn,
+    "dilated_cnn": dilated_cnn,
     "resnet18": lambda **kw: torchvision_resnet("resnet18", **kw),
     "resnet50": lambda **kw: torchvision_resnet("resnet50", **kw),
+    "resnet50_dilated": resnet50_dilated,
+    "segnet": segnet,
+    "vit_small": vit_small,
 }
+"""Vector backbones (``(B, out_features)``): ``celeba_cnn``, ``digits_cnn``, ``resnet18``,
+``resnet50``. Dense backbones (``(B, out_features, h, w)``, see :mod:`tasknorm.models.dense`):
+``dilated_cnn``, ``resnet50_dilated``, ``segnet``, ``vit_small``."""
 
 
 def build_backbone(name: str, **kwargs: object) -> nn.Module:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tasknorm.models.heads import build_head
 from tasknorm.nn import convert, stack_tasks, unstack_tasks, use_all_tasks, use_task
 from tasknorm.nn.convert import GateInit
 from tasknorm.nn.routing import Layout
@@ -23,6 +25,20 @@ class MultiTaskModel(nn.Module):
 
     With task-specific norms (``task``, ``task_sigma``) every task needs its own pass through the
     backbone; all tasks run in one batched call (``layout`` picks how the task copies are stacked).
+    Only the backbone is converted; heads are per task and keep ordinary norm layers. Dense
+    (4-D) outputs are resized to the input's height and width (bilinear, ``align_corners=True``,
+    as LibMTL) so that losses and metrics see full-resolution predictions.
+
+    Args:
+        backbone: builds a backbone with an integer ``out_features`` (called once per task for
+            ``single_task``).
+        tasks: the tasks, each with a unique name.
+        architecture: one of :data:`ARCHITECTURES`.
+        gate_init: σ-gate initialisation when converting (see :func:`tasknorm.nn.convert`).
+        layout: batch layout of the all-tasks pass.
+        head: name of a head in :data:`tasknorm.models.heads.HEADS`, built for every task as
+            ``build_head(head, out_features, task.out_channels)``; ``None`` uses each task's
+            own ``task.build_head(out_features)``.
 
     Example:
         >>> import torch
@@ -41,6 +57,7 @@ class MultiTaskModel(nn.Module):
         architecture: Architecture = "task_sigma",
         gate_init: GateInit = "normal",
         layout: Layout = "task_major",
+        head: str | None = None,
     ) -> None:
         super().__init__()
         if architecture not in ARCHITECTURES:
@@ -63,17 +80,23 @@ class MultiTaskModel(nn.Module):
             elif architecture in ("task", "task_sigma"):
                 trunk = convert(trunk, names, kind=architecture, gate_init=gate_init)
             self.backbone = trunk
-        self.heads = nn.ModuleDict({t.name: t.build_head(out_features) for t in tasks})
+        self.heads = nn.ModuleDict({
+            t.name: t.build_head(out_features) if head is None
+            else build_head(head, out_features, t.out_channels) for t in tasks})
 
     @property
     def task_specific(self) -> bool:
         return self.architecture in ("task", "task_sigma")
 
     def forward(self, x: Tensor, task: str | None = None) -> dict[str, Tensor]:
-        """Outputs of every task, or only of ``task`` when given."""
-        names = self.task_names if task is None else (task,)
+        """Outputs of every task, or only of ``task`` when given; dense outputs at ``x``'s size."""
         if task is not None and task not in self.task_names:
             raise ValueError(f"unknown task {task!r}; expected one of {self.task_names}")
+        size = x.shape[-2:]
+        return {t: _resized(out, size) for t, out in self._head_outputs(x, task).items()}
+
+    def _head_outputs(self, x: Tensor, task: str | None) -> dict[str, Tensor]:
+        names = self.task_names if task is None else (task,)
         if self.architecture == "single_task":
             return {t: self.heads[t](self.backbones[t](x)) for t in names}
         if not self.task_specific:
@@ -86,3 +109,10 @@ class MultiTaskModel(nn.Module):
             stacked = self.backbone(stack_tasks(x, len(names), self.layout))
         features = unstack_tasks(stacked, len(names), self.layout)
         return {t: self.heads[t](f) for t, f in zip(names, features, strict=True)}
+
+
+def _resized(output: Tensor, size: tuple[int, int]) -> Tensor:
+    """A dense ``(B, C, h, w)`` output bilinearly resized to ``size``; other outputs as they are."""
+    if output.dim() != 4 or output.shape[-2:] == size:
+        return output
+    return F.interpolate(output, size=size, mode="bilinear", align_corners=True)

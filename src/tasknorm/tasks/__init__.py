@@ -15,7 +15,6 @@ from tasknorm.tasks.dense import (
     NormalsTask,
     SaliencyTask,
     SegmentationTask,
-    conv_head,
 )
 from tasknorm.tasks.metrics import (
     AGGREGATIONS,
@@ -60,7 +59,6 @@ __all__ = [
     "SaliencyTask",
     "SegmentationTask",
     "Task",
-    "conv_head",
     "delta_m",
     "disk_max_pool",
     "normal_angles",

@@ -29,35 +29,18 @@ from tasknorm.tasks.metrics import (
 from tasknorm.tasks.task import IGNORE_INDEX, Task
 
 
-def conv_head(in_channels: int, out_channels: int) -> nn.Sequential:
-    """A small dense head: 3×3 conv–BN–ReLU (width ``min(in_channels, 256)``), then 1×1 conv.
-
-    The default head of the dense tasks, enough for the rendered scenes; the protocol heads
-    (ASPP, SegNet decoders) come from ``tasknorm.models.heads``.
-
-    Example:
-        >>> import torch
-        >>> conv_head(32, 3)(torch.randn(2, 32, 6, 8)).shape
-        torch.Size([2, 3, 6, 8])
-    """
-    hidden = min(in_channels, 256)
-    return nn.Sequential(
-        nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
-        nn.BatchNorm2d(hidden),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(hidden, out_channels, 1),
-    )
-
-
 def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
     """Mean of ``values`` where ``valid``; 0 (still attached to the graph) when none is valid."""
     return torch.where(valid, values, 0.0).sum() / valid.sum().clamp(min=1)
 
 
 class _DenseTask(Task):
-    """A task on (B, C, H, W) outputs with the small convolutional default head."""
+    """A task on (B, C, H, W) outputs with the small convolutional default head (the ``conv``
+    head of :mod:`tasknorm.models.heads`; protocol heads such as ASPP are chosen by name)."""
 
     def build_head(self, in_features: int) -> nn.Module:
+        from tasknorm.models.heads import conv_head  # tasknorm.models imports tasknorm.tasks
+
         return conv_head(in_features, self.out_channels)
 
     def _check_shape(self, output: Tensor, expected: tuple[int, ...]) -> None:

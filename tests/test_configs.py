@@ -1,0 +1,63 @@
+"""Every packaged protocol config trains for a few steps on tiny data written in its real layout."""
+
+import json
+
+import pytest
+
+from tasknorm.cli import main, packaged_configs
+from tasknorm.data import (
+    write_tiny_celeba,
+    write_tiny_cityscapes,
+    write_tiny_nyuv2,
+    write_tiny_pascal_context,
+)
+
+FEW_STEPS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+             "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+             "--trainer.enable_progress_bar", "false", "--data.init_args.num_workers", "0"]
+FROM_SCRATCH = ["--model.gate_init", "normal"]
+
+# config -> (writer of its tiny dataset, extra options shrinking the model)
+PROTOCOLS = {
+    "nyuv2_resnet50": (write_tiny_nyuv2, ["--model.backbone_args", '{"weights": null}',
+                                          *FROM_SCRATCH]),
+    "cityscapes_resnet50": (write_tiny_cityscapes, ["--model.backbone_args", '{"weights": null}',
+                                                    *FROM_SCRATCH]),
+    "nyuv2_segnet": (write_tiny_nyuv2, ["--model.backbone_args", '{"width": 0.125}']),
+    "cityscapes_segnet": (write_tiny_cityscapes, ["--model.backbone_args", '{"width": 0.125}']),
+    "pascal_context_vit_s": (write_tiny_pascal_context, [
+        "--model.backbone_args", '{"weights": null, "img_size": 32}', *FROM_SCRATCH,
+        "--data.init_args.image_size", "32"]),
+    "celeba": (write_tiny_celeba, ["--model.backbone_args", '{"width": 8}']),
+}
+
+
+def test_every_packaged_protocol_is_tested():
+    assert set(packaged_configs()) == {*PROTOCOLS, "multidigits", "scenes"}
+
+
+@pytest.mark.parametrize("config", sorted(PROTOCOLS))
+def test_protocol_trains_a_few_steps(workdir, config):
+    write, shrink = PROTOCOLS[config]
+    root = write(workdir / "data")
+    main(["fit", "--config", config, "--data.init_args.root", str(root),
+          "--data.init_args.batch_size", "2", *FEW_STEPS, *shrink])
+    runs = list((workdir / "runs" / config).glob("version_*/results.json"))
+    assert len(runs) == 1
+    results = json.loads(runs[0].read_text())["test"]
+    assert results and all(values for values in results.values())
+
+
+def test_pretrained_weights_asked_for_but_absent(workdir):
+    root = write_tiny_nyuv2(workdir / "data")
+    with pytest.raises(FileNotFoundError, match=r"resnet50-0676ba61\.pth"):
+        main(["fit", "--config", "nyuv2_resnet50", "--data.init_args.root", str(root),
+              *FEW_STEPS])
+
+
+def test_scenes_default_trains_on_a_small_render(workdir):
+    main(["fit", "--config", "scenes", "--data.init_args.sizes", "[12, 4]",
+          "--data.init_args.height", "32", "--data.init_args.width", "48",
+          "--data.init_args.batch_size", "4", *FEW_STEPS])
+    results = json.loads(next((workdir / "runs" / "scenes").glob("*/results.json")).read_text())
+    assert set(results["test"]) == {"segmentation", "depth", "normals"}
