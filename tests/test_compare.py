@@ -11,7 +11,8 @@ def record(architecture, seed, left, right):
     return {"architecture": architecture, "seed": seed,
             "test": {"left": {"accuracy": left}, "right": {"accuracy": right}},
             "parameters": 10, "flops": 2_000_000, "seconds": 1.0 + seed,
-            "higher_is_better": {"left": {"accuracy": True}, "right": {"accuracy": True}}}
+            "higher_is_better": {"left": {"accuracy": True}, "right": {"accuracy": True}},
+            "fractions": {"left": {"accuracy": True}, "right": {"accuracy": True}}}
 
 
 def test_summary_statistics_and_delta():
@@ -26,8 +27,19 @@ def test_summary_statistics_and_delta():
     # left +0.1/0.7, right 0 → mean over tasks of the gains, in percent
     assert summary["task_sigma"]["delta_m"] == pytest.approx(100 * (0.1 / 0.7) / 2)
     table = markdown(summary)
-    assert "| TSσBN | 80.00 ± 14.14 | 60.00 ± 0.00 | +7.14 |" in table
+    assert "| left accuracy % | right accuracy % |" in table
+    assert "| TSσBN | 80.00 ± 14.14 | 60.00 ± 0.00 | +7.14 | 10 | 2.0 | 1.5 ± 0.7 |" in table
     assert summarise(records, None)["task_sigma"]["delta_m"] is None
+
+
+def test_markdown_keeps_units_of_metrics_that_are_not_fractions():
+    row = record("hard", 0, 0.5, 0.5)
+    row["test"] = {"depth": {"abs_err": 0.71234}, "normals": {"mean_angle": 26.348}}
+    row["higher_is_better"] = {"depth": {"abs_err": False}, "normals": {"mean_angle": False}}
+    row["fractions"] = {"depth": {"abs_err": False}, "normals": {"mean_angle": False}}
+    table = markdown(summarise([row], None))
+    assert "| depth abs_err | normals mean_angle |" in table
+    assert "| 0.7123 ± 0.0000 | 26.35 ± 0.00 |" in table
 
 
 def test_compare_end_to_end(workdir, capsys):

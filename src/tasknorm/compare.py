@@ -49,7 +49,8 @@ def run_one(architecture: str, seed: int, output: Path, config: str | None,
             "parameters": count_parameters(model), "flops": count_flops(model, example),
             "seconds": seconds, "checkpoint": cli.results["checkpoint"],
             "higher_is_better": {name: task.higher_is_better
-                                 for name, task in cli.model.tasks.items()}}
+                                 for name, task in cli.model.tasks.items()},
+            "fractions": {name: task.fractions for name, task in cli.model.tasks.items()}}
 
 
 def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float]] | None
@@ -68,22 +69,28 @@ def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float
                         if baseline is not None else None),
             "parameters": runs[0]["parameters"], "flops": runs[0]["flops"],
             "seconds": _mean_std([r["seconds"] for r in runs]),
+            "fractions": runs[0]["fractions"],
         }
     return summary
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    """One row per architecture: metrics (mean ± std), Δm, parameters, FLOPs, time."""
-    first = next(iter(summary.values()))["metrics"]
-    columns = [(task, m) for task, values in first.items() for m in values]
-    header = ["architecture", *[f"{t} {m}" for t, m in columns], "Δm %", "params",
-              "MFLOPs/img", "time s"]
+    """One row per architecture: metrics (mean ± std; fractions in percent), Δm, parameters,
+    FLOPs, time."""
+    first = next(iter(summary.values()))
+    fractions = first["fractions"]
+    columns = [(task, m) for task, values in first["metrics"].items() for m in values]
+    header = ["architecture", *[f"{t} {m}" + (" %" if fractions[t][m] else "")
+                                for t, m in columns],
+              "Δm %", "params", "MFLOPs/img", "time s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arch, row in summary.items():
         cells = [LABELS.get(arch, arch)]
-        cells += [_pm(row["metrics"][t][m], 100) for t, m in columns]
+        cells += [_pm(row["metrics"][t][m], 100 if fractions[t][m] else 1) for t, m in columns]
         cells.append("—" if row["delta_m"] is None else f"{row['delta_m']:+.2f}")
-        cells += [f"{row['parameters']:,}", f"{row['flops'] / 1e6:.1f}", _pm(row["seconds"], 1)]
+        seconds = row["seconds"]
+        cells += [f"{row['parameters']:,}", f"{row['flops'] / 1e6:.1f}",
+                  f"{seconds['mean']:.1f} ± {seconds['std']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -150,7 +157,9 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def _pm(value: dict[str, float], scale: float) -> str:
-    return f"{value['mean'] * scale:.2f} ± {value['std'] * scale:.2f}"
+    """``mean ± std`` times ``scale``, with 2 decimals (4 for unscaled values below 10)."""
+    digits = 4 if scale == 1 and abs(value["mean"]) < 10 else 2
+    return f"{value['mean'] * scale:.{digits}f} ± {value['std'] * scale:.{digits}f}"
 
 
 def _csv(records: list[dict[str, Any]]) -> str:

@@ -5,7 +5,15 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.regression import MeanSquaredError
 
-from tasknorm.tasks import IGNORE_INDEX, BinaryTask, ClassificationTask, Task
+from tasknorm.tasks import (
+    IGNORE_INDEX,
+    BinaryTask,
+    ClassificationTask,
+    DepthTask,
+    NormalsTask,
+    SegmentationTask,
+    Task,
+)
 
 
 def test_classification_task_loss_and_metrics():
@@ -85,3 +93,12 @@ def test_task_errors():
         Regression("left digit")
     with pytest.raises(ValueError, match="at least 2 classes"):
         ClassificationTask("x", 1)
+
+
+def test_fractions_come_from_the_metric_bounds():
+    assert ClassificationTask("left", 10).fractions == {"accuracy": True, "f1": True}
+    assert SegmentationTask("seg", 3).fractions == {"miou": True, "pixel_accuracy": True}
+    assert set(DepthTask("depth").fractions.values()) == {False}
+    assert NormalsTask("normals").fractions == {
+        "mean_angle": False, "median_angle": False, "within_11_25": True, "within_22_5": True,
+        "within_30": True}

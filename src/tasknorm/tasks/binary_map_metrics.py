@@ -62,6 +62,8 @@ class _SaliencyCurves(Metric):
 
     is_differentiable = False
     higher_is_better = True
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
     full_state_update = False
     precision: Tensor
     recall: Tensor
@@ -193,6 +195,8 @@ class EdgeFMeasure(Metric):
 
     is_differentiable = False
     higher_is_better = True
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
     full_state_update = False
     matched_preds: Tensor
     preds_total: Tensor

@@ -119,6 +119,8 @@ class MeanIoU(_ConfusionMatrix):
     """
 
     higher_is_better = True
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
 
     def compute(self) -> Tensor:
         confmat = self.confmat.double()
@@ -136,6 +138,8 @@ class PixelAccuracy(_ConfusionMatrix):
     """
 
     higher_is_better = True
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
 
     def compute(self) -> Tensor:
         return (self.confmat.diagonal().sum().double() / self.confmat.sum()).float()
@@ -379,6 +383,8 @@ class NormalWithinAngle(_NormalAngles):
     """
 
     higher_is_better = True
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
 
     def __init__(self, threshold: float, aggregation: Aggregation = "global",
                  **kwargs: object) -> None:

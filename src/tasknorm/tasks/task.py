@@ -79,6 +79,13 @@ class Task(ABC):
         """Each metric's direction, read from the metric objects."""
         return {name: bool(m.higher_is_better) for name, m in self.build_metrics().items()}
 
+    @property
+    def fractions(self) -> dict[str, bool]:
+        """Whether each metric is a fraction in [0, 1] (accuracy, IoU, F1, ...), read from the
+        metric objects' plot bounds; tables print fractions in percent."""
+        return {name: m.plot_lower_bound == 0 and m.plot_upper_bound == 1
+                for name, m in self.build_metrics().items()}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, primary={self.primary!r})"
 

@@ -107,6 +107,7 @@ class MultiTaskModule(L.LightningModule):
         self.directions = {name: task.higher_is_better for name, task in self.tasks.items()}
         self.weighting = build_weighting(weighting, list(self.tasks), **(weighting_args or {}))
         self.selection_reference: dict[str, float] | None = None
+        self.task_losses: dict[str, Tensor] = {}
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({name: task.build_metrics() for name, task in self.tasks.items()})
             for stage in ("val", "test")
@@ -118,6 +119,7 @@ class MultiTaskModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         outputs = self.model(batch["image"])
         losses = self._losses(outputs, batch)
+        self.task_losses = losses  # for callbacks that need each task's loss (with its graph)
         for name, loss in losses.items():
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss of task {name!r} is {loss.item()} at step "
