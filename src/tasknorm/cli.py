@@ -6,6 +6,8 @@
 * ``tasknorm test CKPT``: test a checkpoint with the configuration of the run that wrote it.
 * ``tasknorm validate`` / ``tasknorm test --config ... --ckpt_path ...``: LightningCLI as usual.
 * ``tasknorm compare``: see :mod:`tasknorm.compare`.
+* ``tasknorm analyze CKPT``: gate and gradient analysis report, see
+  :mod:`tasknorm.analysis.command`.
 """
 
 from __future__ import annotations
@@ -177,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from tasknorm.compare import main as compare_main
 
         compare_main(args[1:])
+        return
+    if args[:1] == ["analyze"]:
+        from tasknorm.analysis.command import main as analyze_main
+
+        analyze_main(args[1:])
         return
     if len(args) >= 2 and args[0] == "test" and not args[1].startswith("-"):
         args = _test_args(args)
