@@ -6,6 +6,8 @@
 * ``tasknorm test CKPT``: test a checkpoint with the configuration of the run that wrote it.
 * ``tasknorm validate`` / ``tasknorm test --config ... --ckpt_path ...``: LightningCLI as usual.
 * ``tasknorm compare``: see :mod:`tasknorm.compare`.
+* ``tasknorm prune``: train, prune and fine-tune σBN+RNI / L1 / uniform models, see
+  :mod:`tasknorm.prune.command`.
 * ``tasknorm analyze CKPT``: gate and gradient analysis report, see
   :mod:`tasknorm.analysis.command`.
 """
@@ -179,6 +181,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from tasknorm.compare import main as compare_main
 
         compare_main(args[1:])
+        return
+    if args[:1] == ["prune"]:
+        from tasknorm.prune.command import main as prune_main
+
+        prune_main(args[1:])
         return
     if args[:1] == ["analyze"]:
         from tasknorm.analysis.command import main as analyze_main
