@@ -33,7 +33,7 @@ PROTOCOLS = {
 
 
 def test_every_packaged_protocol_is_tested():
-    assert set(packaged_configs()) == {*PROTOCOLS, "multidigits", "scenes"}
+    assert set(packaged_configs()) == {*PROTOCOLS, "multidigits", "scenes", "cosreg_multidigits"}
 
 
 @pytest.mark.parametrize("config", sorted(PROTOCOLS))

@@ -93,10 +93,29 @@ def test_incompatible_checkpoint_is_refused(tmp_path, data):
 def test_bad_options(data):
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
         module(data, optimizer="rmsprop")
-    with pytest.raises(ValueError, match="unknown loss weighting 'gradnorm'"):
-        module(data, weighting="gradnorm")
+    with pytest.raises(ValueError, match="unknown loss weighting 'upgrad'"):
+        module(data, weighting="upgrad")
+    with pytest.raises(ValueError, match="unknown aggregator 'gradnorm'"):
+        module(data, aggregator="gradnorm")
+    with pytest.raises(ValueError, match=r"weighting 'gradnorm' need.* 'single_task' has none"):
+        module(data, weighting="gradnorm", architecture="single_task")
     with pytest.raises(ValueError, match="unknown architecture 'soft'"):
         module(data, architecture="soft")
+
+
+@pytest.mark.parametrize("weighting", ["gradnorm", "rlw"])
+def test_new_weightings_train_under_automatic_optimization(tmp_path, data, weighting):
+    L.seed_everything(0)
+    model = module(data, architecture="task_sigma", weighting=weighting)
+    assert model.automatic_optimization
+    fit = trainer(tmp_path, max_epochs=1, enable_checkpointing=False, limit_train_batches=2,
+                  limit_val_batches=1)
+    fit.fit(model, data)
+    weights = model.weighting.weights()
+    assert all(w > 0 for w in weights.values())
+    assert weights != {"left": 1.0, "right": 1.0}  # learned (GradNorm) or drawn (RLW)
+    if weighting == "rlw":
+        assert sum(weights.values()) == pytest.approx(1.0)
 
 
 def test_norm_parameters_get_the_multiplier(data):

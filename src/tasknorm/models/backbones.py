@@ -17,21 +17,33 @@ from tasknorm.models.dense import dilated_cnn, resnet50_dilated, segnet, vit_sma
 
 class DigitsCNN(nn.Module):
     """A small conv net for MultiDigits-sized images: four conv-BN-ReLU blocks (two strided) and
-    global average pooling; ``out_features = 4 * width``."""
+    global average pooling; ``out_features = 4 * width``.
 
-    def __init__(self, in_channels: int = 1, width: int = 32) -> None:
+    ``norm=False`` drops the BatchNorm layers (convolutions stay bias-free, as in the CosReg
+    paper's MultiDigitMNIST encoder); ``dropout > 0`` adds ``nn.Dropout(dropout)`` after every
+    block (the CosReg paper's "no regularisation" and "Dropout" variants). ``pool_size > 1``
+    average-pools to a ``pool_size × pool_size`` grid instead of one value per channel, which
+    keeps where things are (left or right digit); ``out_features = 4 * width * pool_size²``.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32, norm: bool = True,
+                 dropout: float = 0.0, pool_size: int = 1) -> None:
         super().__init__()
         widths = (width, 2 * width, 2 * width, 4 * width)
         strides = (1, 2, 1, 2)
         layers: list[nn.Module] = []
         channels = in_channels
         for out, stride in zip(widths, strides, strict=True):
-            layers += [nn.Conv2d(channels, out, 3, stride, 1, bias=False), nn.BatchNorm2d(out),
-                       nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(channels, out, 3, stride, 1, bias=False))
+            if norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU(inplace=True))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             channels = out
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_features = channels
+        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        self.out_features = channels * pool_size**2
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -40,9 +52,10 @@ class DigitsCNN(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
-def digits_cnn(in_channels: int = 1, width: int = 32) -> DigitsCNN:
-    """The MultiDigits default backbone."""
-    return DigitsCNN(in_channels, width)
+def digits_cnn(in_channels: int = 1, width: int = 32, norm: bool = True,
+               dropout: float = 0.0, pool_size: int = 1) -> DigitsCNN:
+    """The MultiDigits default backbone (see :class:`DigitsCNN`)."""
+    return DigitsCNN(in_channels, width, norm, dropout, pool_size)
 
 
 class CelebaCNN(nn.Module):

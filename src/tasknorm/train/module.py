@@ -7,11 +7,16 @@ over tasks of each primary validation metric, negated where lower is better (``s
 or the mean over tasks of each primary metric's relative gain over the first validation epoch
 (``selection="relative"``, for tasks whose metrics live on different scales, such as mIoU,
 depth error in metres and normal angle in degrees).
+
+Plain loss weightings train under Lightning's automatic optimization. A gradient aggregator
+(:mod:`tasknorm.train.aggregation`) or CosReg (:mod:`tasknorm.train.cosreg`) switches the module
+to manual optimization, because both need per-task gradients (CosReg with their graph).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, Literal
@@ -26,6 +31,14 @@ from tasknorm.nn import param_groups, set_sync_stats
 from tasknorm.nn.convert import GateInit
 from tasknorm.nn.routing import Layout
 from tasknorm.tasks import Task
+from tasknorm.train.aggregation import (
+    aggregate,
+    build_aggregator,
+    mean_over_processes,
+    write_gradient,
+)
+from tasknorm.train.cosreg import CosReg
+from tasknorm.train.gradients import shared_parameters, task_gradients
 from tasknorm.train.weighting import build_weighting
 
 SELECTION_METRIC = "val/selection"
@@ -44,9 +57,16 @@ class MultiTaskModule(L.LightningModule):
             ``None`` for each task's own default head.
         architecture: ``single_task``, ``hard``, ``sigma``, ``task`` (TSBN) or ``task_sigma``.
         weighting: a loss weighting in :data:`tasknorm.train.WEIGHTINGS` (``equal``, ``fixed``,
-            ``uncertainty``, ``dwa``).
+            ``uncertainty``, ``dwa``, ``gradnorm``, ``rlw``).
         weighting_args: keyword arguments of the weighting, e.g. ``{"weights": {...}}`` for
             ``fixed``.
+        aggregator: a gradient aggregator in :data:`tasknorm.train.AGGREGATORS` (``upgrad``,
+            ``mgda``, ``pcgrad``, ...) applied to the per-task gradients of all shared backbone
+            parameters, or ``None``; needs ``weighting="equal"``.
+        aggregator_args: keyword arguments of the aggregator, e.g. ``{"c": 0.4}`` for ``cagrad``.
+        cosreg_alpha: strength of the CosReg penalty; 0 turns it off.
+        cosreg_args: other arguments of :class:`~tasknorm.train.CosReg` (``loss_scaled``,
+            ``parameters``, ``eps``).
         optimizer: ``sgd`` (momentum, Nesterov) or ``adam``.
         lr: base learning rate.
         momentum: SGD momentum.
@@ -90,6 +110,10 @@ class MultiTaskModule(L.LightningModule):
         layout: Layout = "task_major",
         selection: Literal["mean", "relative"] = "mean",
         sync_stats: bool = False,
+        aggregator: str | None = None,
+        aggregator_args: dict[str, Any] | None = None,
+        cosreg_alpha: float = 0.0,
+        cosreg_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tasks"])
@@ -106,6 +130,32 @@ class MultiTaskModule(L.LightningModule):
             set_sync_stats(self.model)
         self.directions = {name: task.higher_is_better for name, task in self.tasks.items()}
         self.weighting = build_weighting(weighting, list(self.tasks), **(weighting_args or {}))
+        backbone = getattr(self.model, "backbone", None)
+        needs_backbone = [what for what, used in (
+            (f"weighting {weighting!r}", hasattr(self.weighting, "attach")),
+            (f"aggregator {aggregator!r}", aggregator is not None),
+            ("CosReg", cosreg_alpha > 0)) if used]
+        if needs_backbone and backbone is None:
+            raise ValueError(f"{' and '.join(needs_backbone)} need(s) parameters shared by all "
+                             f"tasks; architecture {architecture!r} has none")
+        if hasattr(self.weighting, "attach"):
+            self.weighting.attach(backbone)
+        self.aggregator: nn.Module | None = None
+        if aggregator is not None:
+            if weighting != "equal":
+                raise ValueError(f"aggregator {aggregator!r} replaces the loss weighting; use "
+                                 f"weighting='equal', not {weighting!r}")
+            if cosreg_alpha > 0:
+                raise ValueError("CosReg and a gradient aggregator cannot be combined")
+            self.aggregator = build_aggregator(aggregator, len(self.tasks),
+                                               **(aggregator_args or {}))
+        self.cosreg: CosReg | None = None
+        if cosreg_alpha > 0:
+            self.cosreg = CosReg(cosreg_alpha, **(cosreg_args or {}))
+            self.cosreg.attach(backbone)
+        elif cosreg_alpha < 0:
+            raise ValueError(f"cosreg_alpha must be non-negative, got {cosreg_alpha}")
+        self.automatic_optimization = self.aggregator is None and self.cosreg is None
         self.selection_reference: dict[str, float] | None = None
         self.task_losses: dict[str, Tensor] = {}
         self.metrics = nn.ModuleDict({
@@ -117,6 +167,8 @@ class MultiTaskModule(L.LightningModule):
         return self.model(x)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if not self.automatic_optimization:
+            return self._manual_step(batch)
         outputs = self.model(batch["image"])
         losses = self._losses(outputs, batch)
         self.task_losses = losses  # for callbacks that need each task's loss (with its graph)
@@ -131,7 +183,49 @@ class MultiTaskModule(L.LightningModule):
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=size)
         return total
 
+    def _manual_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """One optimisation step with an aggregator or CosReg (manual optimization)."""
+        optimizer = self.optimizers()
+        outputs = self.model(batch["image"])
+        losses = self._losses(outputs, batch)
+        self.task_losses = losses
+        for name, loss in losses.items():
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss of task {name!r} is {loss.item()} at step "
+                                         f"{self.global_step} (epoch {self.current_epoch})")
+        size = batch["image"].size(0)
+        optimizer.zero_grad()
+        if self.aggregator is not None:
+            start = time.perf_counter()
+            shared = list(shared_parameters(self.model.backbone).values())
+            jacobian = mean_over_processes(task_gradients(losses, shared))
+            direction = aggregate(self.aggregator, jacobian)
+            seconds = time.perf_counter() - start
+            total = sum(losses.values())
+            self.manual_backward(total)  # task-specific parameters (and DDP's reduction)
+            write_gradient(shared, direction)
+            self.log("train/aggregator_seconds", seconds, batch_size=size)
+        else:
+            total = self.weighting(losses)
+            penalty = self.cosreg(losses, reduce=self.trainer.world_size > 1)
+            cosines = self.cosreg.last_cosines
+            pairs = cosines[torch.triu(torch.ones_like(cosines, dtype=torch.bool), 1)]
+            self.log_dict({"train/cosreg_penalty": penalty.detach(),
+                           "train/cosreg_seconds": self.cosreg.last_seconds,
+                           "train/cosreg_cosine": pairs.mean()}, batch_size=size)
+            total = total + penalty
+            self.manual_backward(total)
+        optimizer.step()
+        self.log_dict({f"train/{name}_loss": loss.detach() for name, loss in losses.items()},
+                      on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=size)
+        return total.detach()
+
     def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization:
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
         metrics = self.trainer.callback_metrics
         self.weighting.epoch_end({name: float(metrics[f"train/{name}_loss"])
                                   for name in self.tasks})

@@ -8,6 +8,14 @@
 * :class:`DynamicWeightAverage`: Liu et al. (MTAN, CVPR 2019), ``w_t = T softmax(r_t / τ)`` with
   ``r_t`` the ratio of task ``t``'s mean loss over the last two epochs; weights are 1 for the
   first two epochs.
+* :class:`RandomLossWeighting`: Lin et al. (RLW, TMLR 2022), ``w = softmax(z)``, ``z ~ N(0, I)``
+  drawn afresh every step (the form of LibMTL).
+* :class:`GradNorm`: Chen et al. (ICML 2018), learned weights ``w_t`` (Σ w_t = T) trained so
+  that the gradient norms ``G_t = ‖∇_W w_t L_t‖`` on the last shared layer ``W`` approach
+  ``mean(G) · r_t^a`` with ``r_t`` task ``t``'s inverse training rate.
+
+A weighting that needs the shared parameters has an ``attach(backbone)`` method, called once by
+:class:`~tasknorm.train.MultiTaskModule`.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from tasknorm.train.gradients import shared_parameters
 
 
 class LossWeighting(nn.Module):
@@ -97,11 +107,94 @@ class DynamicWeightAverage(LossWeighting):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
+class RandomLossWeighting(LossWeighting):
+    """RLW: weights ``softmax(z)`` with ``z ~ N(0, I)`` drawn every step (global RNG, so
+    seeded runs repeat)."""
+
+    def __init__(self, tasks: Sequence[str]) -> None:
+        super().__init__(tasks)
+        self.register_buffer("last", torch.full((len(self.tasks),), 1.0 / len(self.tasks)),
+                             persistent=False)
+
+    def weights(self) -> dict[str, float]:
+        """The weights drawn at the last step."""
+        return {t: float(w) for t, w in zip(self.tasks, self.last, strict=True)}
+
+    def forward(self, losses: Mapping[str, Tensor]) -> Tensor:
+        stacked = torch.stack([losses[t] for t in self.tasks])
+        w = torch.softmax(torch.randn(len(self.tasks)), dim=0).to(stacked)
+        self.last = w.detach()
+        return (w * stacked).sum()
+
+
+class GradNorm(LossWeighting):
+    """GradNorm with asymmetry ``alpha`` (1.5 in the paper for NYUv2).
+
+    Each step, with ``g_t = ‖∇_W L_t‖`` on the shared parameters ``W`` (no graph kept),
+    ``G_t = w_t g_t``, ``r_t = (L_t / L_t(0)) / mean_u(L_u / L_u(0))`` (``L(0)``: the losses of
+    the first step) and the target ``mean(G) · r_t^alpha`` (constant), the returned objective is
+    ``Σ_t w_t.detach() L_t + Σ_t |G_t − target_t|``: the network learns from the weighted sum,
+    the weights only from the second term. Before each step the weights are clamped positive and
+    renormalised to sum to ``T``.
+
+    Args:
+        tasks: the task names.
+        alpha: asymmetry ``a``.
+        parameters: names of shared parameters (prefixes) of the backbone; ``None``: its last
+            shared layer (:func:`~tasknorm.train.cosreg.last_shared_layer`).
+    """
+
+    def __init__(self, tasks: Sequence[str], alpha: float = 1.5,
+                 parameters: Sequence[str] | None = None) -> None:
+        super().__init__(tasks)
+        self.alpha = float(alpha)
+        self.names = None if parameters is None else list(parameters)
+        self.task_weights = nn.Parameter(torch.ones(len(self.tasks)))
+        self.register_buffer("initial", torch.zeros(0))
+        self.__dict__["params"] = []
+
+    def attach(self, backbone: nn.Module) -> None:
+        """Use the shared parameters of ``backbone``."""
+        from tasknorm.train.cosreg import last_shared_layer
+
+        names = self.names if self.names is not None else [last_shared_layer(backbone)]
+        self.__dict__["params"] = list(shared_parameters(backbone, names).values())
+
+    def weights(self) -> dict[str, float]:
+        return {t: float(w) for t, w in zip(self.tasks, self.task_weights.detach(), strict=True)}
+
+    def forward(self, losses: Mapping[str, Tensor]) -> Tensor:
+        if not self.params:
+            raise RuntimeError("GradNorm.attach(backbone) must be called before the first step")
+        with torch.no_grad():
+            w = self.task_weights.clamp_(min=1e-6)
+            w.mul_(len(self.tasks) / w.sum())
+        stacked = torch.stack([losses[t] for t in self.tasks])
+        if self.initial.numel() == 0:
+            self.initial = stacked.detach().clone()
+        norms = torch.stack([
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+                losses[t], self.params, retain_graph=True)]).norm()
+            for t in self.tasks]).detach()
+        scaled = self.task_weights * norms
+        ratios = stacked.detach() / self.initial
+        target = (scaled.mean() * (ratios / ratios.mean()) ** self.alpha).detach()
+        return (self.task_weights.detach() * stacked).sum() + (scaled - target).abs().sum()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        key = prefix + "initial"
+        if key in state_dict:
+            self.initial = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
 WEIGHTINGS: dict[str, type[LossWeighting]] = {
     "equal": EqualWeighting,
     "fixed": FixedWeighting,
     "uncertainty": UncertaintyWeighting,
     "dwa": DynamicWeightAverage,
+    "gradnorm": GradNorm,
+    "rlw": RandomLossWeighting,
 }
 
 
