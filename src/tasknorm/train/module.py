@@ -169,30 +169,31 @@ class MultiTaskModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         if not self.automatic_optimization:
             return self._manual_step(batch)
-        outputs = self.model(batch["image"])
-        losses = self._losses(outputs, batch)
-        self.task_losses = losses  # for callbacks that need each task's loss (with its graph)
-        for name, loss in losses.items():
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss of task {name!r} is {loss.item()} at step "
-                                         f"{self.global_step} (epoch {self.current_epoch})")
+        losses = self._training_losses(batch)
         total = self.weighting(losses)
-        size = batch["image"].size(0)
-        self.log_dict({f"train/{name}_loss": loss.detach() for name, loss in losses.items()},
-                      on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=size)
+        self._log_training(losses, total, batch["image"].size(0))
         return total
 
-    def _manual_step(self, batch: dict[str, Tensor]) -> Tensor:
-        """One optimisation step with an aggregator or CosReg (manual optimization)."""
-        optimizer = self.optimizers()
-        outputs = self.model(batch["image"])
-        losses = self._losses(outputs, batch)
+    def _training_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each task's loss on ``batch`` (kept in ``task_losses`` for callbacks that need them
+        with their graph); a NaN or infinite loss stops training, naming the task."""
+        losses = self._losses(self.model(batch["image"]), batch)
         self.task_losses = losses
         for name, loss in losses.items():
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss of task {name!r} is {loss.item()} at step "
                                          f"{self.global_step} (epoch {self.current_epoch})")
+        return losses
+
+    def _log_training(self, losses: dict[str, Tensor], total: Tensor, size: int) -> None:
+        self.log_dict({f"train/{name}_loss": loss.detach() for name, loss in losses.items()},
+                      on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=size)
+
+    def _manual_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """One optimisation step with an aggregator or CosReg (manual optimization)."""
+        optimizer = self.optimizers()
+        losses = self._training_losses(batch)
         size = batch["image"].size(0)
         optimizer.zero_grad()
         if self.aggregator is not None:
@@ -216,9 +217,7 @@ class MultiTaskModule(L.LightningModule):
             total = total + penalty
             self.manual_backward(total)
         optimizer.step()
-        self.log_dict({f"train/{name}_loss": loss.detach() for name, loss in losses.items()},
-                      on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=size)
+        self._log_training(losses, total, size)
         return total.detach()
 
     def on_train_epoch_end(self) -> None:
