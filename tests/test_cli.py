@@ -74,3 +74,16 @@ def test_packaged_config_by_name(workdir, monkeypatch):
         cli.resolve_config("nyuv3")
     assert cli._resolve_configs(["fit", "--config", "multidigits", "--config=mine.yaml"]) == [
         "fit", "--config", cli.DEFAULT_CONFIG, "--config=mine.yaml"]
+
+
+def test_gate_init_and_heads_multiplier_from_the_command_line(workdir):
+    from tasknorm.cli import run_cli
+
+    cli = run_cli(["fit", "--model.architecture", "sigma", "--model.gate_init_mean", "-1",
+                   "--model.gate_init_std", "0", "--model.heads_lr_mult", "4", *TINY,
+                   "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+                   "--trainer.limit_val_batches", "1"], quiet=True)
+    gates = [m for m in cli.model.modules() if hasattr(m, "gate")]
+    assert gates and all(m.init_mean == -1.0 and m.init_std == 0.0 for m in gates)
+    groups = {g["name"]: g["lr"] for g in cli.trainer.optimizers[0].param_groups}
+    assert groups["heads"] == pytest.approx(4 * groups["weights"])

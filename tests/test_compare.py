@@ -1,23 +1,31 @@
 import csv
 import json
+import math
 import statistics
+from pathlib import Path
 
 import pytest
 
-from tasknorm.compare import main, markdown, summarise
+from tasknorm import compare
+from tasknorm.compare import grid_points, main, markdown, summarise
+from tasknorm.curves import convergence, improvement, plot_curves, read_curves
+
+TINY = ["--data.init_args.sizes", "[128, 32, 32]", "--data.init_args.batch_size", "32",
+        "--model.backbone_args", '{"width": 8}']
 
 
-def record(architecture, seed, left, right):
+def record(architecture, seed, left, right, converged=True):
     return {"architecture": architecture, "seed": seed,
             "test": {"left": {"accuracy": left}, "right": {"accuracy": right}},
             "parameters": 10, "flops": 2_000_000, "seconds": 1.0 + seed,
             "higher_is_better": {"left": {"accuracy": True}, "right": {"accuracy": True}},
-            "fractions": {"left": {"accuracy": True}, "right": {"accuracy": True}}}
+            "fractions": {"left": {"accuracy": True}, "right": {"accuracy": True}},
+            "point": {}, "converged": converged}
 
 
 def test_summary_statistics_and_delta():
     records = [record("single_task", 0, 0.8, 0.6), record("single_task", 1, 0.6, 0.6),
-               record("task_sigma", 0, 0.9, 0.6), record("task_sigma", 1, 0.7, 0.6)]
+               record("task_sigma", 0, 0.9, 0.6), record("task_sigma", 1, 0.7, 0.6, False)]
     baseline = {"left": {"accuracy": 0.7}, "right": {"accuracy": 0.6}}
     summary = summarise(records, baseline)
     left = summary["task_sigma"]["metrics"]["left"]["accuracy"]
@@ -28,7 +36,10 @@ def test_summary_statistics_and_delta():
     assert summary["task_sigma"]["delta_m"] == pytest.approx(100 * (0.1 / 0.7) / 2)
     table = markdown(summary)
     assert "| left accuracy % | right accuracy % |" in table
-    assert "| TSσBN | 80.00 ± 14.14 | 60.00 ± 0.00 | +7.14 | 10 | 2.0 | 1.5 ± 0.7 |" in table
+    assert "| converged |" in table
+    assert ("| TSσBN | 80.00 ± 14.14 | 60.00 ± 0.00 | +7.14 | 10 | 2.0 | 1.5 ± 0.7 | 1/2 |"
+            in table)
+    assert "| single-task | 70.00 ± 14.14 |" in table and "| 2/2 |" in table
     assert summarise(records, None)["task_sigma"]["delta_m"] is None
 
 
@@ -45,8 +56,7 @@ def test_markdown_keeps_units_of_metrics_that_are_not_fractions():
 def test_compare_end_to_end(workdir, capsys):
     tmp_path = workdir
     main(["--architectures", "single_task", "task_sigma", "--seeds", "2", "--epochs", "1",
-          "--output", "out", "--", "--data.init_args.sizes", "[128, 32, 32]",
-          "--data.init_args.batch_size", "32", "--model.backbone_args", '{"width": 8}'])
+          "--output", "out", "--", *TINY])
     result = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert [(r["architecture"], r["seed"]) for r in result["records"]] == [
         ("single_task", 0), ("single_task", 1), ("task_sigma", 0), ("task_sigma", 1)]
@@ -62,6 +72,10 @@ def test_compare_end_to_end(workdir, capsys):
     assert len(rows) == 4 * 2 * 2  # runs × tasks × metrics
     assert "TSσBN" in (tmp_path / "out" / "compare.md").read_text()
     assert "Δm" in capsys.readouterr().out
+    # one validation epoch says nothing about convergence
+    assert all(r["converged"] is False and r["point"] == {} for r in result["records"])
+    assert result["tuning"] is None and not (tmp_path / "out" / "tuning.json").exists()
+    assert (tmp_path / "out" / "curves.png").is_file()
 
 
 def test_compare_rejects_bad_arguments(tmp_path):
@@ -76,3 +90,179 @@ def test_compare_rejects_bad_arguments(tmp_path):
     assert (tmp_path / "full" / "compare.json").read_text() == "{}"
     with pytest.raises(SystemExit, match="cannot read baseline"):
         main(["--baseline", str(tmp_path / "missing.json"), "--output", str(tmp_path / "o")])
+
+
+def write_metrics(folder, left, right):
+    """A CSVLogger-like metrics.csv: a validation row and a training row per epoch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "step", "train/loss", "val/left/accuracy", "val/right/abs_err"])
+        for epoch, (a, b) in enumerate(zip(left, right, strict=True)):
+            writer.writerow([epoch, 4 * epoch + 3, "", a, b])
+            writer.writerow([epoch, 4 * epoch + 3, 2.0 - epoch / 10, "", ""])
+
+
+VAL_SCORES = {("hard", "0.02"): 0.5, ("hard", "0.05"): 0.7,
+              ("task_sigma", "0.02"): 0.8, ("task_sigma", "0.05"): 0.8,
+              ("sigma", "0.02"): 0.6, ("sigma", "0.05"): None}
+"""Validation score of each architecture and learning rate; ``None``: the loss diverges."""
+
+
+class FakeRun:
+    """Stands in for ``run_one``: returns the preset validation score of ``VAL_SCORES`` and writes
+    a metrics.csv where the real run would log."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, architecture, seed, output, config, overrides, version=None):
+        lr = overrides[overrides.index("--model.lr") + 1]
+        self.calls.append((architecture, seed, lr, Path(output).name))
+        score = VAL_SCORES[architecture, lr]
+        if score is None:
+            raise FloatingPointError("loss of task 'left' is nan")
+        log_dir = Path(output) / architecture / (version or f"seed{seed}")
+        write_metrics(log_dir, [0.5, 0.8, 0.9, 0.9, 0.9], [2.0, 1.0, 0.9, 0.8, 0.7])
+        return {"architecture": architecture, "seed": seed, "val_score": score,
+                "test": {"left": {"accuracy": 0.9}, "right": {"abs_err": 0.5}},
+                "parameters": 10, "flops": 2_000_000, "seconds": 1.0, "log_dir": str(log_dir),
+                "primary": {"left": "accuracy", "right": "abs_err"},
+                "higher_is_better": {"left": {"accuracy": True}, "right": {"abs_err": False}},
+                "fractions": {"left": {"accuracy": True}, "right": {"abs_err": False}}}
+
+
+def test_tuning_picks_the_best_validation_point_and_reuses_its_seed_zero_run(
+        tmp_path, monkeypatch, capsys):
+    fake = FakeRun()
+    monkeypatch.setattr(compare, "run_one", fake)
+    out = tmp_path / "out"
+    main(["--architectures", "hard", "sigma", "task_sigma", "--seeds", "3",
+          "--grid", "lr=0.02,0.05", "--output", str(out)])
+    # every point at seed 0, in the tuning folder; then seeds 1 and 2 at each pick only
+    assert fake.calls == [
+        ("hard", 0, "0.02", "tuning"), ("hard", 0, "0.05", "tuning"),
+        ("sigma", 0, "0.02", "tuning"), ("sigma", 0, "0.05", "tuning"),
+        ("task_sigma", 0, "0.02", "tuning"), ("task_sigma", 0, "0.05", "tuning"),
+        ("hard", 1, "0.05", "out"), ("hard", 2, "0.05", "out"),
+        ("sigma", 1, "0.02", "out"), ("sigma", 2, "0.02", "out"),  # 0.05 diverged
+        ("task_sigma", 1, "0.02", "out"), ("task_sigma", 2, "0.02", "out")]  # first on ties
+    tuning = json.loads((out / "tuning.json").read_text())
+    picks = {"hard": {"lr": 0.05}, "sigma": {"lr": 0.02}, "task_sigma": {"lr": 0.02}}
+    assert tuning["grid"] == {"lr": [0.02, 0.05]} and tuning["picks"] == picks
+    assert tuning["scores"]["hard"] == {"lr=0.02": 0.5, "lr=0.05": 0.7}
+    assert tuning["scores"]["sigma"] == {"lr=0.02": 0.6, "lr=0.05": None}
+    result = json.loads((out / "compare.json").read_text())
+    records = result["records"]
+    assert [(r["architecture"], r["seed"]) for r in records] == [
+        (a, s) for a in ("hard", "sigma", "task_sigma") for s in range(3)]
+    assert all(r["point"] == picks[r["architecture"]] for r in records)
+    assert records[0]["log_dir"] == str(out / "tuning" / "hard" / "lr=0.05")
+    assert records[1]["log_dir"] == str(out / "hard" / "seed1")
+    assert result["summary"]["sigma"]["point"] == {"lr": 0.02}
+    table = "| hard sharing (BN) | 0.5000 | 0.7000 | lr=0.05 |"
+    assert table in capsys.readouterr().out
+    report = (out / "compare.md").read_text()
+    assert table in report and "| hard sharing (σBN) | 0.6000 | diverged | lr=0.02 |" in report
+    # left gained 0 points and right (lower is better) 0.1 over the last epoch: converged
+    assert all(r["converged"] for r in records)
+    assert records[0]["improvements"] == {"left": 0.0, "right": pytest.approx(0.1)}
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("grid", "message"), [
+    (["lr=0.01,0.02,0.03", "norm_lr_mult=1,10"], "--grid has 6 points (3 × 2); at most 4"),
+    (["lr"], "--grid entry 'lr' is not KEY=V1,V2,..."),
+    (["lr="], "--grid entry 'lr=' is not KEY=V1,V2,..."),
+    (["=0.1"], "--grid entry '=0.1' is not KEY=V1,V2,..."),
+    (["lr=0.1,"], "--grid lr: values must be finite numbers, got '0.1,'"),
+    (["lr=0.1,fast"], "--grid lr: values must be finite numbers, got '0.1,fast'"),
+    (["lr=nan"], "--grid lr: values must be finite numbers, got 'nan'"),
+    (["lr=0.1,0.1"], "--grid lr: repeated value in '0.1,0.1'"),
+    (["lr=0.1", "lr=0.2"], "--grid key 'lr' is given twice"),
+    (["learning_rate=0.1"], "--grid key 'learning_rate' is not a model option (aggregator"),
+    (["architecture=1"], "--grid key 'architecture' is not a model option"),
+])
+def test_grid_errors_are_one_line_and_come_before_any_run(tmp_path, capsys, grid, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--grid", *grid, "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("tasknorm compare: error: ") and message in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_grid_must_not_contradict_a_fit_option(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--grid", "lr=0.1,0.2", "--output", str(tmp_path / "out"), "--", "--model.lr=0.3"])
+    assert "--grid lr and the fit option --model.lr contradict" in capsys.readouterr().err
+
+
+def test_grid_points_are_the_product_of_the_values():
+    assert grid_points({"lr": [0.1, 0.2], "momentum": [0.8, 0.9]}) == [
+        {"lr": 0.1, "momentum": 0.8}, {"lr": 0.1, "momentum": 0.9},
+        {"lr": 0.2, "momentum": 0.8}, {"lr": 0.2, "momentum": 0.9}]
+    assert compare.parse_grid(["step_size=10,20"]) == {"step_size": [10, 20]}  # ints stay ints
+
+
+@pytest.mark.parametrize(("values", "higher", "fraction", "expected"), [
+    ([0.5, 0.8, 0.9, 0.902, 0.903], True, True, 0.1),  # converged: +0.1 points at the end
+    ([0.5, 0.8, 0.9, 0.9, 0.91], True, True, 1.0),  # not: +1 point
+    ([0.5, 0.8, 0.9, 0.9, 0.91], True, False, 0.01),  # the same curve in its own units
+    ([3.0, 2.0, 1.5, 1.4, 1.3], False, False, 0.1),  # lower is better, converged
+    ([3.0, 2.0, 1.9, 1.8, 1.0], False, False, 0.8),  # lower is better, not converged
+    ([1.0, 2.0, 3.0, 4.0, 5.0], False, False, 0.0),  # got worse: no improvement
+    ([0.1] * 8 + [0.5, 0.6], True, True, 50.0),  # 10 epochs: the last 2 count
+    ([0.1] * 11 + [0.5] * 4, True, True, 0.0),  # 15 epochs: the last 3 (not 4) count
+])
+def test_convergence_rule(values, higher, fraction, expected):
+    gain = improvement(values, higher, 100.0 if fraction else 1.0)
+    assert gain == pytest.approx(expected)
+    curve = {epoch: value for epoch, value in enumerate(values, 1)}
+    converged, gains = convergence({"t": curve}, {"t": higher}, {"t": fraction})
+    assert converged is (expected < 0.5) and gains == {"t": gain}
+
+
+def test_convergence_needs_every_task_and_more_than_one_epoch():
+    flat, rising = {1: 0.5, 2: 0.5}, {1: 0.5, 2: 0.9}
+    assert convergence({"a": flat, "b": flat}, {"a": True, "b": True},
+                       {"a": True, "b": True})[0] is True
+    assert convergence({"a": flat, "b": rising}, {"a": True, "b": True},
+                       {"a": True, "b": True})[0] is False
+    assert improvement([0.9], True) is None
+    assert convergence({"a": {1: 0.9}}, {"a": True}, {"a": True}) == (False, {"a": None})
+
+
+def test_curves_are_read_from_metrics_csv_and_plotted(tmp_path):
+    write_metrics(tmp_path / "run0", [0.5, 0.75], [2.0, 1.5])
+    write_metrics(tmp_path / "run1", [0.25, 0.5], [3.0, 1.0])
+    metrics = {"left": "accuracy", "right": "abs_err"}
+    curves = [read_curves(tmp_path / f"run{i}", metrics) for i in range(2)]
+    assert curves[0] == {"left": {1: 0.5, 2: 0.75}, "right": {1: 2.0, 2: 1.5}}
+    path = plot_curves({"TSσBN": curves, "hard": curves[:1]},
+                       {"left": "val accuracy %", "right": "val abs_err"},
+                       {"left": 100.0, "right": 1.0}, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    with pytest.raises(FileNotFoundError, match=r"missing/metrics\.csv"):
+        read_curves(tmp_path / "missing", metrics)
+
+
+def test_compare_tuning_end_to_end(workdir):
+    out = workdir / "out"
+    main(["--architectures", "task_sigma", "--seeds", "2", "--grid", "lr=0.02,0.05",
+          "--epochs", "2", "--output", "out", "--", *TINY])
+    tuning = json.loads((out / "tuning.json").read_text())
+    scores = tuning["scores"]["task_sigma"]
+    assert list(scores) == ["lr=0.02", "lr=0.05"]
+    assert all(math.isfinite(s) for s in scores.values())
+    best = max(scores, key=scores.get)
+    assert compare.point_label(tuning["picks"]["task_sigma"]) == best
+    assert (out / "tuning" / "task_sigma" / "lr=0.02" / "metrics.csv").is_file()
+    records = json.loads((out / "compare.json").read_text())["records"]
+    assert [r["seed"] for r in records] == [0, 1]
+    assert records[0]["log_dir"] == f"out/tuning/task_sigma/{best}"
+    assert records[0]["val_score"] == scores[best]
+    assert all(r["point"] == tuning["picks"]["task_sigma"] for r in records)
+    assert all(set(r["improvements"]) == {"left", "right"} for r in records)
+    assert (out / "curves.png").is_file()
+    assert f"| {best} |" in (out / "compare.md").read_text()

@@ -4,15 +4,25 @@ For each architecture and seed, one ``tasknorm fit`` run (same configuration, th
 seed overridden) is trained, its best validation checkpoint tested, and its test metrics,
 parameters, FLOPs per image (``torch.utils.flop_counter``, all tasks' outputs) and wall time
 recorded. The single-task runs give the baseline of Δm (saved as ``baseline.json``; pass
-``--baseline FILE`` to reuse one). Writes ``compare.json``, ``compare.csv`` and ``compare.md``.
+``--baseline FILE`` to reuse one). Writes ``compare.json``, ``compare.csv``, ``compare.md`` and
+``curves.png`` (validation curves); the table says how many runs converged
+(:mod:`tasknorm.curves`).
+
+``--grid KEY=V1,V2 ...`` gives every architecture the same tuning budget: seed 0 is trained at
+every grid point (at most 4) and the point with the best validation ``val/selection`` is picked
+per architecture (``tuning.json``); seeds 1, 2, ... train at the pick, and the seed-0 tuning run
+at the pick is reused as the seed-0 record rather than trained again.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import io
+import itertools
 import json
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,22 +30,73 @@ from pathlib import Path
 from typing import Any
 
 from tasknorm.cli import resolve_config, run_cli
+from tasknorm.curves import Curve, convergence, plot_curves, read_curves
 from tasknorm.io import write_json, write_text
 from tasknorm.models import ARCHITECTURES, count_flops, count_parameters
 from tasknorm.tasks import delta_m
+from tasknorm.train import SELECTION_METRIC, MultiTaskModule
 
 LABELS = {"single_task": "single-task", "hard": "hard sharing (BN)", "sigma": "hard sharing (σBN)",
           "task": "TSBN", "task_sigma": "TSσBN"}
 DELTA_CONVENTION = ("Δm: per-task mean of ±(M−B)/B over all metrics, then mean over tasks; "
                     "+ = better")
+MAX_POINTS = 4
+"""Largest tuning grid: each point costs one run per architecture."""
+Point = dict[str, int | float]
+
+
+def parse_grid(entries: Sequence[str]) -> dict[str, list[int | float]]:
+    """``["lr=0.02,0.05", ...]`` → ``{"lr": [0.02, 0.05], ...}``: numeric values of
+    :class:`~tasknorm.train.MultiTaskModule` options, at most :data:`MAX_POINTS` combinations.
+
+    Example:
+        >>> parse_grid(["lr=0.02,0.05", "norm_lr_mult=10"])
+        {'lr': [0.02, 0.05], 'norm_lr_mult': [10]}
+    """
+    options = sorted(set(inspect.signature(MultiTaskModule).parameters)
+                     - {"tasks", "architecture"})
+    grid: dict[str, list[int | float]] = {}
+    for entry in entries:
+        key, equals, text = entry.partition("=")
+        if not equals or not key or not text:
+            raise ValueError(f"--grid entry {entry!r} is not KEY=V1,V2,...")
+        if key not in options:
+            raise ValueError(f"--grid key {key!r} is not a model option ({', '.join(options)})")
+        if key in grid:
+            raise ValueError(f"--grid key {key!r} is given twice")
+        values = [_number(value) for value in text.split(",")]
+        if None in values:
+            raise ValueError(f"--grid {key}: values must be finite numbers, got {text!r}")
+        if len(set(values)) < len(values):
+            raise ValueError(f"--grid {key}: repeated value in {text!r}")
+        grid[key] = values
+    count = math.prod(len(values) for values in grid.values())
+    if count > MAX_POINTS:
+        sizes = " × ".join(str(len(values)) for values in grid.values())
+        raise ValueError(f"--grid has {count} points ({sizes}); at most {MAX_POINTS} are allowed")
+    return grid
+
+
+def grid_points(grid: dict[str, list[int | float]]) -> list[Point]:
+    """Every combination of the grid's values, the first key varying slowest."""
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def point_label(point: Point) -> str:
+    """``{"lr": 0.02, "norm_lr_mult": 10}`` → ``lr=0.02,norm_lr_mult=10`` (also the name of the
+    point's tuning folder)."""
+    return ",".join(f"{key}={value}" for key, value in point.items())
 
 
 def run_one(architecture: str, seed: int, output: Path, config: str | None,
-            overrides: Sequence[str]) -> dict[str, Any]:
-    """Train and test one architecture with one seed; return its record."""
+            overrides: Sequence[str], version: str | None = None) -> dict[str, Any]:
+    """Train and test one architecture with one seed, logging to
+    ``<output>/<architecture>/<version>`` (default ``seed<seed>``); return its record, with
+    ``val_score``, the best validation ``val/selection`` (``None`` unless the checkpoint callback
+    selects on its maximum and it is finite)."""
     logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                "init_args": {"save_dir": str(output), "name": architecture,
-                             "version": f"seed{seed}"}}]
+                             "version": version or f"seed{seed}"}}]
     args = ["fit", *(["--config", config] if config else []),
             "--model.architecture", architecture, "--seed_everything", str(seed),
             "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
@@ -45,12 +106,66 @@ def run_one(architecture: str, seed: int, output: Path, config: str | None,
     seconds = time.perf_counter() - start
     example = cli.datamodule.splits["test"][0]["image"].unsqueeze(0)
     model = cli.model.model.eval()
+    checkpoint = cli.trainer.checkpoint_callback
+    score = (checkpoint.best_model_score if checkpoint is not None
+             and checkpoint.monitor == SELECTION_METRIC and checkpoint.mode == "max" else None)
+    tasks = cli.model.tasks
     return {"architecture": architecture, "seed": seed, "test": cli.results["test"],
+            "val_score": float(score) if score is not None and score.isfinite() else None,
             "parameters": count_parameters(model), "flops": count_flops(model, example),
             "seconds": seconds, "checkpoint": cli.results["checkpoint"],
-            "higher_is_better": {name: task.higher_is_better
-                                 for name, task in cli.model.tasks.items()},
-            "fractions": {name: task.fractions for name, task in cli.model.tasks.items()}}
+            "log_dir": cli.results["log_dir"],
+            "primary": {name: task.primary for name, task in tasks.items()},
+            "higher_is_better": {name: task.higher_is_better for name, task in tasks.items()},
+            "fractions": {name: task.fractions for name, task in tasks.items()}}
+
+
+def tune(architectures: Sequence[str], grid: dict[str, list[int | float]], output: Path,
+         config: str | None, overrides: Sequence[str]
+         ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Train seed 0 of every architecture at every point of ``grid`` (logs in
+    ``<output>/tuning/<architecture>/<point>``) and pick, per architecture, the point with the
+    highest ``val_score`` (the first on ties; a point whose loss diverged scores ``None``).
+    Returns the tuning summary (``grid``, ``scores`` per architecture and point label,
+    ``picks``) and each architecture's record at its pick, which serves as its seed-0 record."""
+    scores: dict[str, dict[str, float | None]] = {}
+    picks: dict[str, Point] = {}
+    picked: dict[str, dict[str, Any]] = {}
+    for arch in architectures:
+        scores[arch], runs = {}, {}
+        for point in grid_points(grid):
+            label = point_label(point)
+            try:
+                run = _run(arch, 0, output / "tuning", config, overrides, point, label)
+            except FloatingPointError as error:
+                print(f"tasknorm compare: {arch} at {label} diverged: {error}")
+                scores[arch][label] = None
+                continue
+            if run["val_score"] is None:
+                raise SystemExit(f"tasknorm compare: --grid needs a finite best {SELECTION_METRIC}"
+                                 f" from a ModelCheckpoint with mode max; {arch} at {label} has "
+                                 "none (check the config's checkpoint callback)")
+            scores[arch][label], runs[label] = run["val_score"], run
+        if not runs:
+            raise SystemExit(f"tasknorm compare: {arch} diverged at every grid point")
+        picked[arch] = max(runs.values(), key=lambda run: run["val_score"])
+        picks[arch] = picked[arch]["point"]
+    return {"grid": grid, "metric": SELECTION_METRIC, "seed": 0, "scores": scores,
+            "picks": picks}, picked
+
+
+def tuning_table(tuning: dict[str, Any]) -> str:
+    """Markdown table: one row per architecture, its score at every grid point and its pick."""
+    labels = list(next(iter(tuning["scores"].values())))
+    header = ["architecture", *labels, "pick"]
+    lines = [f"Tuning: best validation {tuning['metric']} of seed {tuning['seed']} per point",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arch, scores in tuning["scores"].items():
+        cells = [LABELS.get(arch, arch),
+                 *["diverged" if s is None else f"{s:.4f}" for s in scores.values()],
+                 point_label(tuning["picks"][arch])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float]] | None
@@ -69,20 +184,21 @@ def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float
                         if baseline is not None else None),
             "parameters": runs[0]["parameters"], "flops": runs[0]["flops"],
             "seconds": _mean_std([r["seconds"] for r in runs]),
-            "fractions": runs[0]["fractions"],
+            "fractions": runs[0]["fractions"], "point": runs[0]["point"],
+            "converged": sum(r["converged"] for r in runs),
         }
     return summary
 
 
 def markdown(summary: dict[str, Any]) -> str:
     """One row per architecture: metrics (mean ± std; fractions in percent), Δm, parameters,
-    FLOPs, time."""
+    FLOPs, time, runs that converged."""
     first = next(iter(summary.values()))
     fractions = first["fractions"]
     columns = [(task, m) for task, values in first["metrics"].items() for m in values]
     header = ["architecture", *[f"{t} {m}" + (" %" if fractions[t][m] else "")
                                 for t, m in columns],
-              "Δm %", "params", "MFLOPs/img", "time s"]
+              "Δm %", "params", "MFLOPs/img", "time s", "converged"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arch, row in summary.items():
         cells = [LABELS.get(arch, arch)]
@@ -90,13 +206,15 @@ def markdown(summary: dict[str, Any]) -> str:
         cells.append("—" if row["delta_m"] is None else f"{row['delta_m']:+.2f}")
         seconds = row["seconds"]
         cells += [f"{row['parameters']:,}", f"{row['flops'] / 1e6:.1f}",
-                  f"{seconds['mean']:.1f} ± {seconds['std']:.1f}"]
+                  f"{seconds['mean']:.1f} ± {seconds['std']:.1f}",
+                  f"{row['converged']}/{len(row['seeds'])}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tasknorm compare", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tasknorm compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES),
                         choices=ARCHITECTURES)
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
@@ -106,30 +224,83 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", help="a tasknorm fit config, a file or a packaged config name "
                         "(default: the MultiDigits one)")
     parser.add_argument("--baseline", help="single-task results JSON ({task: {metric: value}})")
+    parser.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
+                        help=f"tune model options on seed 0 (at most {MAX_POINTS} points), e.g. "
+                             "lr=0.02,0.05 norm_lr_mult=1,10")
     parser.add_argument("--output", default="runs/compare", help="folder for logs and tables")
     parser.add_argument("overrides", nargs="*",
                         help="extra fit options after --, e.g. -- --trainer.max_epochs 4")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    try:
+        grid = parse_grid(args.grid) if args.grid else None
+    except ValueError as error:
+        parser.error(str(error))
+    for key in grid or {}:
+        if any(o == f"--model.{key}" or o.startswith(f"--model.{key}=") for o in args.overrides):
+            parser.error(f"--grid {key} and the fit option --model.{key} contradict each other")
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
         parser.error(f"output folder {output} is not empty; choose another --output")
     config = resolve_config(args.config) if args.config else None
     given = _read_baseline(args.baseline) if args.baseline else None
     overrides = ["--trainer.max_epochs", str(args.epochs), *args.overrides]
-    records = [run_one(arch, seed, output, config, overrides)
-               for arch in args.architectures for seed in range(args.seeds)]
+    tuning, picked = None, {}
+    if grid is not None:
+        tuning, picked = tune(args.architectures, grid, output, config, overrides)
+        write_json(output / "tuning.json", tuning)
+        print(tuning_table(tuning) + "\n")
+    records = []
+    for arch in args.architectures:
+        first = [picked[arch]] if arch in picked else []  # seed 0: the tuning run at the pick
+        point = picked[arch]["point"] if first else {}
+        records += first + [_run(arch, seed, output, config, overrides, point)
+                            for seed in range(len(first), args.seeds)]
     baseline = given if given is not None else _single_task_baseline(records, output)
     summary = summarise(records, baseline)
     table = markdown(summary)
     command = "tasknorm compare " + " ".join(argv if argv is not None else [])
+    notes = ([tuning_table(tuning)] if tuning else []) + [DELTA_CONVENTION]
     write_json(output / "compare.json", {"command": command.strip(), "records": records,
-                                         "summary": summary, "baseline": baseline})
+                                         "summary": summary, "baseline": baseline,
+                                         "tuning": tuning})
     write_text(output / "compare.csv", _csv(records))
-    write_text(output / "compare.md", f"`{command.strip()}`\n\n{table}\n\n{DELTA_CONVENTION}\n")
+    write_text(output / "compare.md", "\n\n".join([f"`{command.strip()}`", table, *notes]) + "\n")
+    _plot(records, output / "curves.png")
     print(table)
-    print(f"\n{DELTA_CONVENTION}\nwritten: {output}/compare.{{json,csv,md}}")
+    print(f"\n{DELTA_CONVENTION}\nwritten: {output}/compare.{{json,csv,md}}, curves.png"
+          + (", tuning.json" if tuning else ""))
+
+
+def _run(architecture: str, seed: int, output: Path, config: str | None,
+         overrides: Sequence[str], point: Point, version: str | None = None) -> dict[str, Any]:
+    """:func:`run_one` with the grid ``point``'s model options; the record keeps the point,
+    whether the run converged and each task's late improvement (:func:`convergence`)."""
+    options = [arg for key, value in point.items() for arg in (f"--model.{key}", str(value))]
+    record = {**run_one(architecture, seed, output, config, [*overrides, *options], version),
+              "point": point}
+    record["converged"], record["improvements"] = convergence(
+        read_curves(record["log_dir"], record["primary"]), _primary(record, "higher_is_better"),
+        _primary(record, "fractions"))
+    return record
+
+
+def _primary(record: dict[str, Any], key: str) -> dict[str, Any]:
+    """``record[key]`` (per task and metric) of each task's primary metric."""
+    return {task: record[key][task][metric] for task, metric in record["primary"].items()}
+
+
+def _plot(records: list[dict[str, Any]], path: Path) -> None:
+    """``curves.png``: each task's primary validation metric, one line per architecture."""
+    runs: dict[str, list[dict[str, Curve]]] = {}
+    for record in records:
+        runs.setdefault(LABELS.get(record["architecture"], record["architecture"]), []).append(
+            read_curves(record["log_dir"], record["primary"]))
+    fraction = _primary(records[0], "fractions")
+    primary = records[0]["primary"]
+    plot_curves(runs, {t: f"val {primary[t]}" + (" %" if f else "") for t, f in fraction.items()},
+                {t: 100.0 if f else 1.0 for t, f in fraction.items()}, path)
 
 
 def _read_baseline(path: str) -> dict[str, dict[str, float]]:
@@ -149,6 +320,19 @@ def _single_task_baseline(records: list[dict[str, Any]], output: Path
                 for task, values in runs[0]["test"].items()}
     write_json(output / "baseline.json", baseline)
     return baseline
+
+
+def _number(text: str) -> int | float | None:
+    """``text`` as an int or a finite float, else ``None``."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:

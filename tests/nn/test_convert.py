@@ -10,6 +10,8 @@ from timm.layers import BatchNormAct2d, LayerNorm2d
 from torch import nn
 
 from tasknorm.nn import (
+    GATE_INIT_MEAN,
+    GATE_INIT_STD,
     NormAct,
     SigmaBatchNorm2d,
     TaskBatchNorm1d,
@@ -280,3 +282,24 @@ def test_root_norm_layer_sync_and_modes():
     assert not any(m.sync_stats for _, m in task_norm_layers(model))
     with pytest.raises(ValueError, match="no σBN / TSBN / TSσBN layer"):
         set_sync_stats(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("kind", ["sigma", "task_sigma"])
+def test_normal_gate_init_follows_the_requested_mean_and_spread(kind):
+    model = nn.Sequential(nn.BatchNorm2d(2048), nn.BatchNorm1d(2048))
+    tasks = None if kind == "sigma" else ["a", "b", "c"]
+    converted = convert(model, tasks, kind=kind, init_mean=-1.5, init_std=0.5)
+    for layer in converted:
+        assert (layer.init_mean, layer.init_std) == (-1.5, 0.5)
+        assert layer.weight.mean().item() == pytest.approx(-1.5, abs=0.05)
+        assert layer.weight.std().item() == pytest.approx(0.5, abs=0.05)
+    default = convert(nn.BatchNorm2d(4096), tasks, kind=kind)
+    assert default.weight.mean().item() == pytest.approx(GATE_INIT_MEAN, abs=0.1)
+    assert default.weight.std().item() == pytest.approx(GATE_INIT_STD, abs=0.1)
+
+
+def test_gate_init_mean_reaches_sigma_layer_norms():
+    ln = convert(nn.LayerNorm(2048), ["a", "b"], init_mean=2.0, init_std=0.0)
+    torch.testing.assert_close(ln.weight.detach(), torch.full((2, 2048), 2.0))
+    with pytest.raises(ValueError, match="finite, non-negative standard deviation"):
+        convert(nn.LayerNorm(8), ["a", "b"], init_std=-1.0)

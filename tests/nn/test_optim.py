@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -43,3 +44,43 @@ def test_norm_layer_types_cover_torch_norms():
     for layer in (nn.BatchNorm1d(2), nn.InstanceNorm2d(2), nn.LayerNorm(2), nn.GroupNorm(1, 2),
                   nn.RMSNorm(2), nn.SyncBatchNorm(2)):
         assert isinstance(layer, NORM_LAYER_TYPES), type(layer)
+
+
+def heads_model():
+    """A backbone with a BN, and two heads, one with its own BN."""
+    model = nn.ModuleDict({
+        "backbone": nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)),
+        "heads": nn.ModuleDict({"a": nn.Linear(4, 2),
+                                "b": nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4),
+                                                   nn.Linear(4, 2))}),
+    })
+    model["backbone"] = convert(model["backbone"], ["a", "b"])
+    return model
+
+
+def test_heads_get_their_multiplier_and_every_parameter_one_group():
+    model = heads_model()
+    groups = param_groups(model, lr=0.1, weight_decay=1e-4, norm_lr_mult=10,
+                          norm_weight_decay=0.0, heads=model["heads"], heads_lr_mult=5)
+    by_name = {g["name"]: g for g in groups}
+    assert list(by_name) == ["weights", "norm", "heads", "heads_norm"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.1, 1.0, 0.5, 0.5])
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0, 1e-4, 0.0]
+    heads, backbone = model["heads"], model["backbone"]
+    assert {id(p) for p in by_name["heads_norm"]["params"]} == {
+        id(heads["b"][1].weight), id(heads["b"][1].bias)}
+    assert {id(p) for p in by_name["heads"]["params"]} == {
+        id(p) for m in (heads["a"], heads["b"][0], heads["b"][2]) for p in m.parameters()}
+    assert {id(p) for p in by_name["norm"]["params"]} == {id(backbone[1].weight)}
+    everything = [id(p) for g in groups for p in g["params"]]
+    assert sorted(everything) == sorted(id(p) for p in model.parameters())
+    assert len(everything) == len(set(everything))
+
+
+def test_heads_as_a_list_and_heads_outside_the_model():
+    model = heads_model()
+    listed = param_groups(model, lr=0.1, heads=[model["heads"]["a"]], heads_lr_mult=3)
+    assert [p for g in listed if g["name"] == "heads" for p in g["params"]] == list(
+        model["heads"]["a"].parameters())
+    with pytest.raises(ValueError, match="heads must be submodules"):
+        param_groups(model, lr=0.1, heads=nn.Linear(2, 2))

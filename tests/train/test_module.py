@@ -21,7 +21,7 @@ def trainer(tmp_path, **kwargs):
 
 
 def module(data, **kwargs):
-    return MultiTaskModule(data.tasks, backbone_args={"width": 8}, **kwargs)
+    return MultiTaskModule(data.tasks, **{"backbone_args": {"width": 8}, **kwargs})
 
 
 @pytest.mark.parametrize("weighting", ["equal", "uncertainty", "dwa"])
@@ -118,13 +118,27 @@ def test_new_weightings_train_under_automatic_optimization(tmp_path, data, weigh
         assert sum(weights.values()) == pytest.approx(1.0)
 
 
-def test_norm_parameters_get_the_multiplier(data):
-    model = module(data, lr=0.01, norm_lr_mult=100, scheduler="none")
+def test_norm_parameters_and_heads_get_their_multipliers(data):
+    model = module(data, lr=0.01, norm_lr_mult=100, heads_lr_mult=7, scheduler="none")
     groups = model.configure_optimizers()["optimizer"].param_groups
-    assert [g["lr"] for g in groups] == [0.01, 1.0]
+    assert [g["name"] for g in groups] == ["weights", "norm", "heads"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 1.0, 0.07])
     norm_params = {id(p) for p in groups[1]["params"]}
     gates = [m.weight for m in model.modules() if hasattr(m, "gate")]
     assert gates and all(id(g) in norm_params for g in gates)
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in model.model.heads.parameters()}
+    everything = [id(p) for g in groups for p in g["params"]]
+    assert sorted(everything) == sorted(id(p) for p in model.parameters())
+
+
+@pytest.mark.parametrize("architecture", ["sigma", "task_sigma"])
+def test_gate_init_reaches_the_gates(data, architecture):
+    model = module(data, architecture=architecture, gate_init_mean=-2.0, gate_init_std=0.25,
+                   backbone_args={"width": 64})
+    gates = torch.cat([m.weight.flatten() for m in model.modules() if hasattr(m, "gate")])
+    assert gates.numel() >= 576
+    assert gates.mean().item() == pytest.approx(-2.0, abs=0.05)
+    assert gates.std().item() == pytest.approx(0.25, abs=0.05)
 
 
 @pytest.mark.parametrize(("scheduler", "expected"), [

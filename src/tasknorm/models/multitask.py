@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from tasknorm.models.heads import build_head
 from tasknorm.nn import convert, stack_tasks, unstack_tasks, use_all_tasks, use_task
-from tasknorm.nn.convert import GateInit
+from tasknorm.nn.convert import GATE_INIT_MEAN, GATE_INIT_STD, GateInit
 from tasknorm.nn.routing import Layout
 from tasknorm.tasks import Task
 
@@ -34,7 +34,10 @@ class MultiTaskModel(nn.Module):
             ``single_task``).
         tasks: the tasks, each with a unique name.
         architecture: one of :data:`ARCHITECTURES`.
-        gate_init: σ-gate initialisation when converting (see :func:`tasknorm.nn.convert`).
+        gate_init: σ-gate initialisation when converting (see :func:`tasknorm.nn.convert`), for
+            ``sigma`` and ``task_sigma``.
+        gate_init_mean: mean of the raw σ gates with ``gate_init="normal"``.
+        gate_init_std: their standard deviation.
         layout: batch layout of the all-tasks pass.
         head: name of a head in :data:`tasknorm.models.heads.HEADS`, built for every task as
             ``build_head(head, out_features, task.out_channels)``; ``None`` uses each task's
@@ -58,6 +61,8 @@ class MultiTaskModel(nn.Module):
         gate_init: GateInit = "normal",
         layout: Layout = "task_major",
         head: str | None = None,
+        gate_init_mean: float = GATE_INIT_MEAN,
+        gate_init_std: float = GATE_INIT_STD,
     ) -> None:
         super().__init__()
         if architecture not in ARCHITECTURES:
@@ -75,10 +80,12 @@ class MultiTaskModel(nn.Module):
         else:
             trunk = backbone()
             out_features = trunk.out_features
+            gates = {"gate_init": gate_init, "init_mean": gate_init_mean,
+                     "init_std": gate_init_std}
             if architecture == "sigma":
-                trunk = convert(trunk, kind="sigma")
+                trunk = convert(trunk, kind="sigma", **gates)
             elif architecture in ("task", "task_sigma"):
-                trunk = convert(trunk, names, kind=architecture, gate_init=gate_init)
+                trunk = convert(trunk, names, kind=architecture, **gates)
             self.backbone = trunk
         self.heads = nn.ModuleDict({
             t.name: t.build_head(out_features) if head is None

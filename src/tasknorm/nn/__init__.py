@@ -10,6 +10,8 @@ from tasknorm.nn.batchnorm import (
     TaskSigmaBatchNorm2d,
 )
 from tasknorm.nn.convert import (
+    GATE_INIT_MEAN,
+    GATE_INIT_STD,
     GATE_INITS,
     KINDS,
     PRETRAINED_GATE_RANGE,
@@ -42,6 +44,8 @@ from tasknorm.nn.routing import (
 
 __all__ = [
     "GATE_INITS",
+    "GATE_INIT_MEAN",
+    "GATE_INIT_STD",
     "KINDS",
     "LAYOUTS",
     "NORM_LAYER_TYPES",

@@ -12,8 +12,10 @@ frozen BatchNorm and the norms of already-converted layers are left alone.
 
 Gate initialisation for the σ kinds (``gate_init``):
 
-* ``"normal"``: raw gates drawn from N(0, 1) as in the σBN recipe, independently per task; for
-  training from scratch. Running statistics are still copied.
+* ``"normal"``: raw gates drawn from N(``init_mean``, ``init_std``²), independently per task;
+  for training from scratch. Running statistics are still copied. The default N(3, 1) starts
+  gates near 0.95, close to BatchNorm's γ = 1; the σBN code's N(0, 1) (gates near 0.5) damps the
+  signal at every layer and trains slower (measurements in ``docs/training.md``).
 * ``"pretrained"``: raw gate = ``logit(clamp(γ, 0.01, 0.99))`` of the source layer's weight γ, the
   same for every task; for fine-tuning a pretrained backbone. A gate cannot exceed 1 or be
   negative, and σ layers have no shift unless ``bias=True``, so the converted network differs from
@@ -23,6 +25,7 @@ Gate initialisation for the σ kinds (``gate_init``):
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from typing import Literal
@@ -54,6 +57,10 @@ Kind = Literal["task", "task_sigma", "sigma"]
 KINDS: tuple[Kind, ...] = ("task", "task_sigma", "sigma")
 GateInit = Literal["normal", "pretrained"]
 GATE_INITS: tuple[GateInit, ...] = ("normal", "pretrained")
+GATE_INIT_MEAN = 3.0
+GATE_INIT_STD = 1.0
+"""Default N(mean, std²) of raw σ gates when converting (the σBN layers' own default is the
+σBN code's N(0, 1))."""
 PRETRAINED_GATE_RANGE = (0.01, 0.99)
 
 _BATCH_NORM_CLASSES: dict[Kind, tuple[type[nn.Module], type[nn.Module]]] = {
@@ -73,6 +80,8 @@ def convert(
     kind: Kind = "task_sigma",
     *,
     gate_init: GateInit = "normal",
+    init_mean: float = GATE_INIT_MEAN,
+    init_std: float = GATE_INIT_STD,
     bias: bool = False,
 ) -> nn.Module:
     """Replace every normalization layer of ``model`` by its σBN / TSBN / TSσBN counterpart.
@@ -84,6 +93,9 @@ def convert(
         kind: ``"task_sigma"`` (TSσBN, default), ``"task"`` (TSBN) or ``"sigma"`` (σBN; converts
             BatchNorm only).
         gate_init: how σ gates start (see the module docstring); ignored for ``"task"``.
+        init_mean: mean of the raw gates with ``gate_init="normal"`` (the layers keep it for
+            ``reset_parameters``).
+        init_std: their standard deviation.
         bias: give σ layers a (per-task) shift, initialised from the source's bias.
 
     Returns:
@@ -100,6 +112,10 @@ def convert(
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
     if gate_init not in GATE_INITS:
         raise ValueError(f"unknown gate_init {gate_init!r}; expected one of {GATE_INITS}")
+    if not init_std >= 0 or not math.isfinite(init_mean) or not math.isfinite(init_std):
+        raise ValueError(f"gate init N({init_mean}, {init_std}²) needs a finite mean and a "
+                         "finite, non-negative standard deviation")
+    gates = {"init_mean": init_mean, "init_std": init_std}
     if kind == "sigma":
         if tasks is not None or bias:
             raise ValueError("kind='sigma' converts to single-task σBN without bias; pass "
@@ -111,7 +127,7 @@ def convert(
     converted: list[str] = []
 
     def replace(name: str, module: nn.Module) -> nn.Module | None:
-        new = _converted(name, module, kind, tasks, gate_init, bias)
+        new = _converted(name, module, kind, tasks, gate_init, gates, bias)
         if new is not None:
             converted.append(name)
         return new
@@ -192,11 +208,12 @@ def _replace_modules(module: nn.Module,
 
 
 def _converted(name: str, module: nn.Module, kind: Kind, tasks: tuple[str, ...] | None,
-               gate_init: GateInit, bias: bool) -> nn.Module | None:
+               gate_init: GateInit, gates: dict[str, float], bias: bool) -> nn.Module | None:
+    """``gates``: the σ layers' ``init_mean`` and ``init_std``."""
     if isinstance(module, _BatchNorm):
-        new = _convert_batch_norm(name, module, kind, tasks, gate_init, bias)
+        new = _convert_batch_norm(name, module, kind, tasks, gate_init, gates, bias)
     elif isinstance(module, nn.LayerNorm) and kind != "sigma":
-        new = _convert_layer_norm(module, kind, tasks, gate_init, bias)
+        new = _convert_layer_norm(module, kind, tasks, gate_init, gates, bias)
     else:
         return None
     new.train(module.training)
@@ -208,7 +225,7 @@ def _converted(name: str, module: nn.Module, kind: Kind, tasks: tuple[str, ...] 
 
 
 def _convert_batch_norm(name: str, bn: _BatchNorm, kind: Kind, tasks: tuple[str, ...] | None,
-                        gate_init: GateInit, bias: bool) -> nn.Module:
+                        gate_init: GateInit, gates: dict[str, float], bias: bool) -> nn.Module:
     if isinstance(bn, nn.BatchNorm1d):
         dims = 0
     elif isinstance(bn, nn.BatchNorm2d | nn.SyncBatchNorm):
@@ -221,11 +238,11 @@ def _convert_batch_norm(name: str, bn: _BatchNorm, kind: Kind, tasks: tuple[str,
               "track_running_stats": bn.track_running_stats,
               "sync_stats": isinstance(bn, nn.SyncBatchNorm), **_factory_kwargs(bn)}
     if kind == "sigma":
-        new = cls(bn.num_features, **kwargs)
+        new = cls(bn.num_features, **gates, **kwargs)
     elif kind == "task":
         new = cls(bn.num_features, tasks, **kwargs)
     else:
-        new = cls(bn.num_features, tasks, bias=bias, **kwargs)
+        new = cls(bn.num_features, tasks, bias=bias, **gates, **kwargs)
     with torch.no_grad():
         if bn.track_running_stats:
             new.running_mean.copy_(bn.running_mean.expand_as(new.running_mean))
@@ -236,12 +253,13 @@ def _convert_batch_norm(name: str, bn: _BatchNorm, kind: Kind, tasks: tuple[str,
 
 
 def _convert_layer_norm(ln: nn.LayerNorm, kind: Kind, tasks: tuple[str, ...] | None,
-                        gate_init: GateInit, bias: bool) -> nn.Module:
+                        gate_init: GateInit, gates: dict[str, float], bias: bool) -> nn.Module:
     channels_first = isinstance(ln, _timm_channels_first_layer_norms())
     cls = _LAYER_NORM_CLASSES[kind][channels_first]
     has_bias = ln.bias is not None if kind == "task" else bias
     shape = ln.normalized_shape[0] if channels_first else ln.normalized_shape
-    new = cls(shape, tasks, eps=ln.eps, bias=has_bias, **_factory_kwargs(ln))
+    extra = gates if kind == "task_sigma" else {}
+    new = cls(shape, tasks, eps=ln.eps, bias=has_bias, **extra, **_factory_kwargs(ln))
     with torch.no_grad():
         _copy_affine(new, ln.weight, ln.bias, kind, gate_init)
     return new

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tasknorm.models import MultiTaskModel, build_backbone
 from tasknorm.models.multitask import Architecture
 from tasknorm.nn import param_groups, set_sync_stats
-from tasknorm.nn.convert import GateInit
+from tasknorm.nn.convert import GATE_INIT_MEAN, GATE_INIT_STD, GateInit
 from tasknorm.nn.routing import Layout
 from tasknorm.tasks import Task
 from tasknorm.train.aggregation import (
@@ -73,6 +73,8 @@ class MultiTaskModule(L.LightningModule):
         weight_decay: weight decay of non-normalization parameters.
         norm_lr_mult: learning-rate multiplier of normalization parameters (σBN recipe: 10).
         norm_weight_decay: weight decay of normalization parameters (σBN recipe: 0).
+        heads_lr_mult: learning-rate multiplier of the task heads (their norm layers included,
+            which get ``norm_weight_decay``); see :func:`tasknorm.nn.param_groups`.
         scheduler: ``cosine`` (over ``max_epochs``), ``poly`` (``(1 − epoch / max_epochs)^0.9``,
             Vandenhende et al.), ``step`` (multiply the learning rate by
             ``step_gamma`` every ``step_size`` epochs: mtan / LibMTL's StepLR(100, 0.5)) or
@@ -80,6 +82,8 @@ class MultiTaskModule(L.LightningModule):
         step_size: epochs between learning-rate drops of ``scheduler="step"``.
         step_gamma: factor of each drop of ``scheduler="step"``.
         gate_init: σ-gate initialisation for converted backbones (``normal`` or ``pretrained``).
+        gate_init_mean: mean of the raw σ gates with ``gate_init="normal"``.
+        gate_init_std: their standard deviation.
         layout: batch layout of the all-tasks pass.
         selection: how ``val/selection`` combines the tasks' primary validation metrics:
             ``mean`` (signed mean) or ``relative`` (mean relative gain over the first
@@ -103,10 +107,13 @@ class MultiTaskModule(L.LightningModule):
         weight_decay: float = 1e-4,
         norm_lr_mult: float = 10.0,
         norm_weight_decay: float = 0.0,
+        heads_lr_mult: float = 1.0,
         scheduler: Literal["cosine", "poly", "step", "none"] = "cosine",
         step_size: int = 100,
         step_gamma: float = 0.5,
         gate_init: GateInit = "normal",
+        gate_init_mean: float = GATE_INIT_MEAN,
+        gate_init_std: float = GATE_INIT_STD,
         layout: Layout = "task_major",
         selection: Literal["mean", "relative"] = "mean",
         sync_stats: bool = False,
@@ -125,7 +132,8 @@ class MultiTaskModule(L.LightningModule):
             raise ValueError(f"unknown selection {selection!r}; expected one of {SELECTIONS}")
         self.tasks = {task.name: task for task in tasks}
         builder = partial(build_backbone, backbone, **(backbone_args or {}))
-        self.model = MultiTaskModel(builder, list(tasks), architecture, gate_init, layout, head)
+        self.model = MultiTaskModel(builder, list(tasks), architecture, gate_init, layout, head,
+                                    gate_init_mean, gate_init_std)
         if sync_stats:
             set_sync_stats(self.model)
         self.directions = {name: task.higher_is_better for name, task in self.tasks.items()}
@@ -257,7 +265,8 @@ class MultiTaskModule(L.LightningModule):
         hp = self.hparams
         groups = param_groups(self, hp.lr, weight_decay=hp.weight_decay,
                               norm_lr_mult=hp.norm_lr_mult,
-                              norm_weight_decay=hp.norm_weight_decay)
+                              norm_weight_decay=hp.norm_weight_decay, heads=self.model.heads,
+                              heads_lr_mult=hp.heads_lr_mult)
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
         else:

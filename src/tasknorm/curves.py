@@ -1,0 +1,101 @@
+"""Validation curves of training runs: read them from CSVLogger logs, check convergence, plot.
+
+A run converged when its last 20 % of validation epochs (``k = max(1, ceil(n / 5))`` of ``n``)
+improved the primary validation metric of every task by less than 0.5 points: the improvement is
+the best value over all ``n`` epochs minus the best over the first ``n − k``, in the metric's
+better direction, in percentage points for fractions and in the metric's units otherwise. One
+validation epoch says nothing about convergence, so such a run counts as not converged.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tasknorm.io import atomic_write
+
+Curve = dict[int, float]
+"""Validation values of one metric by epoch (1-based: the epochs trained so far)."""
+
+CONVERGENCE_POINTS = 0.5
+"""A converged run improved by less than this over its last 20 % of validation epochs."""
+
+
+def read_curves(log_dir: str | Path, metrics: Mapping[str, str]) -> dict[str, Curve]:
+    """Each task's curve of ``val/<task>/<metric>`` (``metrics`` maps task → metric) from the
+    ``metrics.csv`` a CSVLogger wrote to ``log_dir``."""
+    path = Path(log_dir) / "metrics.csv"
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no validation curves: {path} does not exist (the run needs a "
+                                "CSVLogger)") from None
+    curves: dict[str, Curve] = {}
+    for task, metric in metrics.items():
+        column = f"val/{task}/{metric}"
+        curves[task] = {int(row["epoch"]) + 1: float(row[column]) for row in rows
+                        if row.get(column)}
+    return curves
+
+
+def improvement(values: Sequence[float], higher_is_better: bool, scale: float = 1.0
+                ) -> float | None:
+    """How much the last 20 % of ``values`` (one per validation epoch, in order) improved on the
+    best before them, times ``scale``; ``None`` for fewer than two values.
+
+    Example:
+        >>> improvement([0.5, 0.75, 0.875, 0.875, 0.9375], True, scale=100)  # last 1 of 5
+        6.25
+        >>> improvement([3.0, 2.0, 2.5], False)  # last 1 of 3, lower is better
+        0.0
+    """
+    n = len(values)
+    if n < 2:
+        return None
+    k = max(1, -(-n // 5))  # ceil(n / 5) in integers: 0.2 * 15 is 3.0000000000000004
+    best = max if higher_is_better else min
+    overall, before = best(values), best(values[: n - k])
+    return scale * (overall - before if higher_is_better else before - overall)
+
+
+def convergence(curves: Mapping[str, Curve], higher_is_better: Mapping[str, bool],
+                fractions: Mapping[str, bool]) -> tuple[bool, dict[str, float | None]]:
+    """Whether a run converged (every task improved by less than :data:`CONVERGENCE_POINTS` over
+    its last 20 % of validation epochs) and each task's improvement (fractions in points)."""
+    gains = {task: improvement([curve[e] for e in sorted(curve)], higher_is_better[task],
+                               100.0 if fractions[task] else 1.0)
+             for task, curve in curves.items()}
+    converged = all(g is not None and g < CONVERGENCE_POINTS for g in gains.values())
+    return converged, gains
+
+
+def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Curve]]], ylabels: Mapping[str, str],
+                scales: Mapping[str, float], path: str | Path) -> Path:
+    """Save one panel per task with one line per entry of ``runs`` (label → its runs' curves):
+    the mean over runs at each epoch and a light min–max band. ``ylabels`` and ``scales`` (e.g.
+    100 for fractions in percent) are per task."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    tasks = list(ylabels)
+    fig = Figure(figsize=(4 * len(tasks), 3), layout="constrained")
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, task in zip(axes, tasks, strict=True):
+        for label, curves in runs.items():
+            by_epoch: dict[int, list[float]] = {}
+            for curve in curves:
+                for epoch, value in curve[task].items():
+                    by_epoch.setdefault(epoch, []).append(value * scales[task])
+            epochs = sorted(by_epoch)
+            (line,) = ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs],
+                              marker=".", label=label)
+            ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs],
+                            [max(by_epoch[e]) for e in epochs], color=line.get_color(),
+                            alpha=0.2, linewidth=0)
+        ax.set(title=task, xlabel="epoch", ylabel=ylabels[task])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize=8)
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
