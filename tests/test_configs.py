@@ -33,7 +33,8 @@ PROTOCOLS = {
 
 
 def test_every_packaged_protocol_is_tested():
-    assert set(packaged_configs()) == {*PROTOCOLS, "multidigits", "scenes", "cosreg_multidigits"}
+    assert set(packaged_configs()) == {*PROTOCOLS, "multidigits", "multidigits_contested", "scenes",
+                                       "cosreg_multidigits"}
 
 
 @pytest.mark.parametrize("config", sorted(PROTOCOLS))
@@ -61,3 +62,11 @@ def test_scenes_default_trains_on_a_small_render(workdir):
           "--data.init_args.batch_size", "4", *FEW_STEPS])
     results = json.loads(next((workdir / "runs" / "scenes").glob("*/results.json")).read_text())
     assert set(results["test"]) == {"segmentation", "depth", "normals"}
+
+
+def test_contested_multidigits_trains_a_few_steps(workdir):
+    main(["fit", "--config", "multidigits_contested", "--data.init_args.sizes", "[64, 16, 16]",
+          "--data.init_args.batch_size", "16", *FEW_STEPS])
+    (run,) = (workdir / "runs" / "multidigits_contested").glob("version_*")
+    results = json.loads((run / "results.json").read_text())["test"]
+    assert list(results) == ["left", "right", "sum_parity", "larger"]

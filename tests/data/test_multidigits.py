@@ -4,6 +4,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from tasknorm.data import MultiDigitsDataModule, MultiDigitsSpec, generate, load_multidigits
+from tasknorm.data.multidigits import PAIR_TASKS
 
 SMALL = MultiDigitsSpec(sizes=(200, 50, 50))
 
@@ -50,7 +51,7 @@ def test_composites_are_real_digits_placed_as_documented():
 def test_even_odd_variant_labels_index_the_even_and_odd_classes():
     spec = MultiDigitsSpec(variant="even_odd", sizes=(300, 20, 20))
     data = generate(spec)["train"]
-    assert spec.num_classes == 5
+    assert PAIR_TASKS["left"].num_classes("even_odd") == 5
     assert set(np.unique(data["left"])) == set(range(5))
     assert set(np.unique(data["right"])) == set(range(5))
 
@@ -123,3 +124,86 @@ def test_training_order_depends_only_on_seed_and_epoch(tmp_path):
     assert torch.equal(epoch_labels(1), epoch_labels(1))
     assert not torch.equal(epoch_labels(0), epoch_labels(1))
     assert len(epoch_labels(0)) == 64
+
+
+# hand-made digit pairs and each task's expected labels and number of classes, per variant
+PAIRS = {
+    "left_right": ([3, 7, 4, 0, 9, 5], [7, 3, 4, 9, 9, 0]),
+    "even_odd": ([0, 8, 4, 2, 6], [1, 3, 5, 9, 7]),
+}
+EXPECTED = {
+    "left_right": {
+        "left": (10, [3, 7, 4, 0, 9, 5]),
+        "right": (10, [7, 3, 4, 9, 9, 0]),
+        "sum": (19, [10, 10, 8, 9, 18, 5]),
+        "difference": (10, [4, 4, 0, 9, 0, 5]),
+        "larger": (3, [1, 0, 2, 1, 2, 0]),
+        "sum_parity": (2, [0, 0, 0, 1, 0, 1]),
+        "product_parity": (2, [1, 1, 0, 0, 1, 0]),
+    },
+    "even_odd": {  # classes: the values a task takes on (even, odd) pairs, in increasing order
+        "left": (5, [0, 4, 2, 1, 3]),
+        "right": (5, [0, 1, 2, 4, 3]),
+        "sum": (9, [0, 5, 4, 5, 6]),  # odd sums 1, 3, ..., 17
+        "difference": (5, [0, 2, 0, 3, 0]),  # odd differences 1, 3, ..., 9
+        "larger": (2, [1, 0, 1, 1, 1]),  # never equal
+    },
+}
+
+
+@pytest.mark.parametrize("variant", ["left_right", "even_odd"])
+def test_every_task_labels_hand_made_pairs(variant):
+    left, right = (np.array(digits) for digits in PAIRS[variant])
+    constant = {"sum_parity", "product_parity"} if variant == "even_odd" else set()
+    assert set(EXPECTED[variant]) | constant == set(PAIR_TASKS)
+    for name, (num_classes, labels) in EXPECTED[variant].items():
+        task = PAIR_TASKS[name]
+        assert task.num_classes(variant) == num_classes, name
+        assert task.labels(left, right, variant).tolist() == labels, name
+    for name in constant:
+        assert PAIR_TASKS[name].num_classes(variant) == 1
+
+
+def test_datamodule_with_configured_tasks(tmp_path):
+    tasks = ["larger", "sum_parity", "left", "difference"]
+    module = MultiDigitsDataModule(sizes=(64, 16, 16), batch_size=64, cache_dir=str(tmp_path),
+                                   tasks=tasks)
+    assert [(t.name, t.num_classes) for t in module.tasks] == [
+        ("larger", 3), ("sum_parity", 2), ("left", 10), ("difference", 10)]
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert list(batch) == ["image", *tasks]
+    digits = MultiDigitsDataModule(sizes=(64, 16, 16), cache_dir=str(tmp_path))
+    digits.setup("fit")
+    left, right = (digits.splits["test"].targets[side].numpy() for side in ("left", "right"))
+    targets = module.splits["test"].targets
+    assert np.array_equal(targets["sum_parity"], (left + right) % 2)
+    assert np.array_equal(targets["difference"], np.abs(left - right))
+    assert np.array_equal(targets["larger"], np.select([left > right, right > left], [0, 1], 2))
+
+
+def test_default_tasks_are_the_generated_left_and_right_labels(tmp_path):
+    """The default tasks, cache name and labels are those of the two-task dataset."""
+    assert MultiDigitsSpec().key() == "070aa933cdc6fd0b"
+    for variant in ("left_right", "even_odd"):
+        spec = MultiDigitsSpec(variant=variant, sizes=(64, 16, 16))
+        module = MultiDigitsDataModule(variant=variant, sizes=spec.sizes, cache_dir=str(tmp_path))
+        assert [t.name for t in module.tasks] == ["left", "right"]
+        module.setup("fit")
+        for split, arrays in generate(spec).items():
+            targets = module.splits[split].targets
+            assert list(targets) == ["left", "right"]
+            for task in targets:
+                assert np.array_equal(targets[task].numpy(), arrays[task])
+
+
+def test_bad_task_lists_are_rejected():
+    with pytest.raises(ValueError, match=r"unknown MultiDigits task 'top'; expected some of "
+                                         r"left, right, sum, difference, larger"):
+        MultiDigitsDataModule(tasks=["left", "top"])
+    with pytest.raises(ValueError, match=r"must be distinct, got \['left', 'larger', 'left'\]"):
+        MultiDigitsDataModule(tasks=["left", "larger", "left"])
+    with pytest.raises(ValueError, match="'sum_parity' has a single value in variant 'even_odd'"):
+        MultiDigitsDataModule(variant="even_odd", tasks=["left", "sum_parity"])
+    with pytest.raises(ValueError, match="at least one task"):
+        load_multidigits(SMALL, tasks=[])

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from tasknorm.data.multidigits import MultiDigitsSpec, Variant, load_multidigits
+from tasknorm.data.multidigits import (
+    DEFAULT_TASKS,
+    PAIR_TASKS,
+    MultiDigitsSpec,
+    Variant,
+    check_tasks,
+    load_multidigits,
+)
 from tasknorm.tasks import ClassificationTask, Task
 
 
@@ -91,7 +99,14 @@ def carve_validation(size: int, fraction: float, seed: int) -> tuple[np.ndarray,
 
 
 class MultiDigitsDataModule(BenchmarkDataModule):
-    """MultiDigits (see :mod:`tasknorm.data.multidigits`) with tasks ``left`` and ``right``."""
+    """MultiDigits (see :mod:`tasknorm.data.multidigits`) with the tasks named in ``tasks``
+    (keys of :data:`~tasknorm.data.multidigits.PAIR_TASKS`), in that order.
+
+    Example:
+        >>> data = MultiDigitsDataModule(tasks=["left", "sum_parity", "larger"])
+        >>> [(task.name, task.num_classes) for task in data.tasks]
+        [('left', 10), ('sum_parity', 2), ('larger', 3)]
+    """
 
     def __init__(
         self,
@@ -101,17 +116,20 @@ class MultiDigitsDataModule(BenchmarkDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        tasks: Sequence[str] = DEFAULT_TASKS,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.spec = MultiDigitsSpec(variant=variant, sizes=tuple(sizes), seed=seed)
+        self.task_names = check_tasks(tasks, variant)
         self.cache_dir = Path(cache_dir) if cache_dir else None
 
     @property
     def tasks(self) -> list[Task]:
-        return [ClassificationTask(name, self.spec.num_classes) for name in ("left", "right")]
+        return [ClassificationTask(name, PAIR_TASKS[name].num_classes(self.spec.variant))
+                for name in self.task_names]
 
     def prepare_data(self) -> None:
-        load_multidigits(self.spec, self.cache_dir)
+        load_multidigits(self.spec, self.cache_dir, self.task_names)
 
     def build_splits(self) -> dict[str, Dataset]:
-        return dict(load_multidigits(self.spec, self.cache_dir))
+        return dict(load_multidigits(self.spec, self.cache_dir, self.task_names))

@@ -3,13 +3,19 @@
 Real handwritten digits (``sklearn.datasets.load_digits``: 1,797 images of 8×8 pixels, 16 grey
 levels), no download. Each composite image overlays two digits, MultiMNIST-style: the *left*
 digit near the top-left corner and the *right* digit shifted down and right so that the two
-overlap; pixels combine by maximum. Tasks: ``left`` and ``right`` digit class.
+overlap; pixels combine by maximum.
 
 Variants:
 
-* ``"left_right"``: both digits from all 10 classes (10-way tasks).
-* ``"even_odd"``: left digit from the even classes, right from the odd ones, labels 0-4 for
-  {0, 2, 4, 6, 8} and {1, 3, 5, 7, 9} (the CosReg paper's MultiDigitMNIST protocol).
+* ``"left_right"``: both digits from all 10 classes.
+* ``"even_odd"``: left digit from the even classes, right from the odd ones (the CosReg paper's
+  MultiDigitMNIST protocol).
+
+Tasks are computed from the two digits' values (:data:`PAIR_TASKS`): ``left`` and ``right``
+(the digits themselves), ``sum``, ``difference``, ``larger``, ``sum_parity`` and
+``product_parity``. A task's classes are the values its label takes over the digit pairs of the
+variant, in increasing order, so ``left`` has labels 0-4 for {0, 2, 4, 6, 8} in ``even_odd``;
+a task with a single value there (``sum_parity`` of an even and an odd digit) is refused.
 
 Train / validation / test composites draw their source digits from disjoint, class-stratified
 parts of the 1,797 images, so no handwritten digit is seen in two splits. Everything is
@@ -23,6 +29,7 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,8 +44,70 @@ from tasknorm.io import atomic_write
 Variant = Literal["left_right", "even_odd"]
 VARIANTS: tuple[Variant, ...] = ("left_right", "even_odd")
 SPLITS = ("train", "val", "test")
-TASKS = ("left", "right")
+DEFAULT_TASKS = ("left", "right")
+ARRAYS = ("image", "left", "right")  # per split, as generated and cached
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PairTask:
+    """A MultiDigits task: a label computed from the values (0-9) of the left and right digit.
+
+    Args:
+        name: the task's name (its key in batches).
+        label: maps arrays of left and right digit values to integer labels, elementwise.
+
+    Example:
+        >>> task = PAIR_TASKS["larger"]
+        >>> task.num_classes("left_right"), task.num_classes("even_odd")
+        (3, 2)
+        >>> task.labels(np.array([7, 2, 4]), np.array([3, 5, 4]), "left_right").tolist()
+        [0, 1, 2]
+    """
+
+    name: str
+    label: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+    def classes(self, variant: Variant) -> np.ndarray:
+        """The values the label takes over every digit pair of ``variant``, sorted."""
+        left, right = np.meshgrid(*_task_classes(variant), indexing="ij")
+        return np.unique(self.label(left.ravel(), right.ravel()))
+
+    def num_classes(self, variant: Variant) -> int:
+        return len(self.classes(variant))
+
+    def labels(self, left: np.ndarray, right: np.ndarray, variant: Variant) -> np.ndarray:
+        """Class indices (int64) of the digit pairs ``(left, right)`` of ``variant``."""
+        return np.searchsorted(self.classes(variant), self.label(left, right)).astype(np.int64)
+
+
+PAIR_TASKS: dict[str, PairTask] = {task.name: task for task in (
+    PairTask("left", lambda left, right: left),
+    PairTask("right", lambda left, right: right),
+    PairTask("sum", lambda left, right: left + right),
+    PairTask("difference", lambda left, right: np.abs(left - right)),
+    # 0: left larger, 1: right larger, 2: equal
+    PairTask("larger", lambda left, right: np.where(left == right, 2, (right > left).astype(int))),
+    PairTask("sum_parity", lambda left, right: (left + right) % 2),
+    PairTask("product_parity", lambda left, right: left * right % 2),
+)}
+
+
+def check_tasks(tasks: Sequence[str], variant: Variant) -> tuple[str, ...]:
+    """``tasks`` as a tuple, after checking that they are distinct registered tasks with at least
+    two classes in ``variant``."""
+    if not tasks:
+        raise ValueError("MultiDigits needs at least one task")
+    for name in tasks:
+        if name not in PAIR_TASKS:
+            raise ValueError(f"unknown MultiDigits task {name!r}; expected some of "
+                             f"{', '.join(PAIR_TASKS)}")
+        if PAIR_TASKS[name].num_classes(variant) < 2:
+            raise ValueError(f"MultiDigits task {name!r} has a single value in variant "
+                             f"{variant!r}")
+    if len(set(tasks)) < len(tasks):
+        raise ValueError(f"MultiDigits tasks must be distinct, got {list(tasks)}")
+    return tuple(tasks)
 
 
 @dataclass(frozen=True)
@@ -46,7 +115,7 @@ class MultiDigitsSpec:
     """Everything that determines a MultiDigits dataset.
 
     Args:
-        variant: ``"left_right"`` (10-way tasks) or ``"even_odd"`` (5-way tasks).
+        variant: ``"left_right"`` (any two digits) or ``"even_odd"`` (even left, odd right).
         sizes: number of composites in the train, validation and test splits.
         source_fractions: fractions of the source digits (per class) feeding each split.
         seed: seed of the source split, the pairing and the placement jitter.
@@ -78,10 +147,6 @@ class MultiDigitsSpec:
     def image_size(self) -> int:
         return 8 * self.scale + self.shift + self.jitter
 
-    @property
-    def num_classes(self) -> int:
-        return 10 if self.variant == "left_right" else 5
-
     def key(self) -> str:
         """Short hash naming the cache file of this spec."""
         text = json.dumps({**asdict(self), "format": FORMAT_VERSION}, sort_keys=True)
@@ -89,16 +154,16 @@ class MultiDigitsSpec:
 
 
 class MultiDigits(Dataset):
-    """One split of MultiDigits; items are ``{"image": (1, S, S) float in [0, 1], "left": class,
-    "right": class}``."""
+    """One split of MultiDigits; items are ``{"image": (1, S, S) float in [0, 1], <task>: class}``
+    for each task of ``targets`` (``{task: int labels}``)."""
 
-    def __init__(self, images: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
-        if not (len(images) == len(left) == len(right)):
-            raise ValueError(f"MultiDigits arrays differ in length: {len(images)} images, "
-                             f"{len(left)} left and {len(right)} right labels")
+    def __init__(self, images: np.ndarray, targets: Mapping[str, np.ndarray]) -> None:
+        for task, labels in targets.items():
+            if len(labels) != len(images):
+                raise ValueError(f"MultiDigits task {task!r} has {len(labels)} labels for "
+                                 f"{len(images)} images")
         self.images = torch.from_numpy(images).unsqueeze(1)
-        self.targets = {"left": torch.from_numpy(left).long(),
-                        "right": torch.from_numpy(right).long()}
+        self.targets = {task: torch.from_numpy(labels).long() for task, labels in targets.items()}
 
     def __len__(self) -> int:
         return len(self.images)
@@ -109,7 +174,8 @@ class MultiDigits(Dataset):
 
 
 def generate(spec: MultiDigitsSpec) -> dict[str, dict[str, np.ndarray]]:
-    """Build every split of ``spec``: ``{split: {"image": uint8 (N, S, S), "left", "right"}}``."""
+    """Build every split of ``spec``: ``{split: {"image": uint8 (N, S, S), "left", "right"}}``;
+    ``left`` and ``right`` are the labels of those tasks, from which every task's labels follow."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -130,20 +196,31 @@ def generate(spec: MultiDigitsSpec) -> dict[str, dict[str, np.ndarray]]:
     return splits
 
 
-def load_multidigits(spec: MultiDigitsSpec, cache_dir: str | Path | None = None
-                     ) -> dict[str, MultiDigits]:
-    """The three splits of ``spec``, from the cache in ``cache_dir`` or generated (and cached).
+def load_multidigits(spec: MultiDigitsSpec, cache_dir: str | Path | None = None,
+                     tasks: Sequence[str] = DEFAULT_TASKS) -> dict[str, MultiDigits]:
+    """The three splits of ``spec`` with labels of ``tasks`` (names of :data:`PAIR_TASKS`), from
+    the cache in ``cache_dir`` or generated (and cached).
 
     ``cache_dir`` defaults to ``$TASKNORM_CACHE`` or ``~/.cache/tasknorm``. A cache file that
     cannot be read is regenerated.
     """
+    tasks = check_tasks(tasks, spec.variant)
     root = Path(cache_dir or os.environ.get("TASKNORM_CACHE", Path.home() / ".cache/tasknorm"))
     path = root / f"multidigits-{spec.key()}.npz"
     arrays = _read_cache(path)
     if arrays is None:
         arrays = generate(spec)
         _write_cache(path, arrays)
-    return {split: MultiDigits(a["image"], a["left"], a["right"]) for split, a in arrays.items()}
+    return {split: MultiDigits(a["image"], _labels(a, spec.variant, tasks))
+            for split, a in arrays.items()}
+
+
+def _labels(arrays: dict[str, np.ndarray], variant: Variant, tasks: tuple[str, ...]
+            ) -> dict[str, np.ndarray]:
+    """``{task: labels}`` of one generated split, from its ``left`` and ``right`` labels."""
+    left_classes, right_classes = _task_classes(variant)
+    digits = left_classes[arrays["left"]], right_classes[arrays["right"]]
+    return {name: PAIR_TASKS[name].labels(*digits, variant) for name in tasks}
 
 
 def _task_classes(variant: Variant) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +270,7 @@ def _read_cache(path: Path) -> dict[str, dict[str, np.ndarray]] | None:
         return None
     try:
         with np.load(path) as data:
-            return {s: {k: data[f"{s}/{k}"] for k in ("image", *TASKS)} for s in SPLITS}
+            return {s: {k: data[f"{s}/{k}"] for k in ARRAYS} for s in SPLITS}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
 
