@@ -4,9 +4,10 @@ Five variants of a hard-sharing ``digits_cnn`` (no regularisation, Dropout, Batc
 CosReg α = 10, CosReg α = 0.1 + BatchNorm) over several seeds, each trained with the packaged
 ``cosreg_multidigits`` config (Adam 1e-3, batch 64), tested at its best validation epoch.
 Reported per variant: the harmonic mean of the two test accuracies (the paper's metric) and the
-standard deviation of the task-gradient cosine on the last shared layer over all of training
-(:class:`~tasknorm.train.callbacks.GradientCosineMonitor`). Writes ``study.json`` and
-``study.md`` into ``--output`` (one ``runs/<variant>/seed<k>`` folder per run).
+standard deviation of the task-gradient cosine on the last shared layer
+(:class:`~tasknorm.train.callbacks.GradientCosineMonitor`) from the first step to the end of the
+best validation epoch (testing restores the monitor's state from that checkpoint). Writes
+``study.json`` and ``study.md`` into ``--output`` (one ``runs/<variant>/seed<k>`` folder per run).
 
     python benchmarks/study_cosreg.py --output runs/cosreg_study
 """
@@ -46,15 +47,25 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     spec = VARIANTS[variant]
     backbone_args = {"width": args.width, "norm": spec["norm"], "dropout": spec["dropout"],
                      "pool_size": 3}
-    layer = last_shared_layer(build_backbone("digits_cnn", **backbone_args))
+    slug = variant.split(" (")[0].replace(" ", "_").lower() + (
+        f"_{spec['alpha']:g}" if spec["alpha"] else "") + ("_bn" if spec["norm"] else "")
+    return {"variant": variant, **train(slug, seed, args, "digits_cnn", backbone_args,
+                                        alpha=spec["alpha"])}
+
+
+def train(slug: str, seed: int, args: argparse.Namespace, backbone: str, backbone_args: dict,
+          head: str | None = None, alpha: float = 0.0, cosreg_args: dict | None = None) -> dict:
+    """One run of the packaged ``cosreg_multidigits`` config with the given network and CosReg
+    (``args``: ``output``, ``epochs``, ``sizes``, ``every``); its test accuracies at the best
+    validation epoch and its gradient-cosine statistics on the last shared layer up to that
+    epoch."""
+    layer = last_shared_layer(build_backbone(backbone, **backbone_args))
     callbacks = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"monitor": "val/selection", "mode": "max", "filename": "best-{epoch}"}},
         {"class_path": "tasknorm.train.callbacks.GradientCosineMonitor",
          "init_args": {"every_n_steps": args.every, "window": 50, "parameters": [layer],
                        "log_pairs": False}}]
-    slug = variant.split(" (")[0].replace(" ", "_").lower() + (
-        f"_{spec['alpha']:g}" if spec["alpha"] else "") + ("_bn" if spec["norm"] else "")
     logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                "init_args": {"save_dir": str(args.output / "runs"), "name": slug,
                              "version": f"seed{seed}"}}]
@@ -65,15 +76,17 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
                    "--trainer.logger", json.dumps(logger),
                    "--trainer.enable_progress_bar", "false",
                    "--trainer.enable_model_summary", "false",
+                   "--model.backbone", backbone, *(["--model.head", head] if head else []),
                    "--model.backbone_args", json.dumps(backbone_args),
-                   "--model.cosreg_alpha", str(spec["alpha"]),
+                   "--model.cosreg_alpha", str(alpha),
+                   "--model.cosreg_args", json.dumps(cosreg_args or {}),
                    "--data.init_args.sizes", json.dumps(args.sizes)], quiet=True)
     seconds = time.perf_counter() - start
     monitor = next(c for c in cli.trainer.callbacks if type(c).__name__ == "GradientCosineMonitor")
     cosines = [c for row in monitor.history["cosine"] for c in row]
     test = cli.results["test"]
     accuracy = {t: test[t]["accuracy"] for t in ("left", "right")}
-    return {"variant": variant, "seed": seed, "accuracy": accuracy,
+    return {"seed": seed, "accuracy": accuracy,
             "harmonic_mean": harmonic_mean(accuracy["left"], accuracy["right"]),
             "cosine_mean": statistics.fmean(cosines), "cosine_std": statistics.pstdev(cosines),
             "measurements": len(cosines), "parameters": monitor.history["parameters"],

@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import torch
 
-from tasknorm.cli import main, packaged_configs
+from tasknorm.cli import TasknormCLI, main, packaged_configs, resolve_config
 from tasknorm.data import (
     write_tiny_celeba,
     write_tiny_cityscapes,
@@ -33,8 +34,8 @@ PROTOCOLS = {
 
 
 def test_every_packaged_protocol_is_tested():
-    assert set(packaged_configs()) == {*PROTOCOLS, "multidigits", "multidigits_contested", "scenes",
-                                       "cosreg_multidigits"}
+    assert set(packaged_configs()) == {*PROTOCOLS, "multidigits", "multidigits_contested",
+                                       "multidigits_rni_recipe", "scenes", "cosreg_multidigits"}
 
 
 @pytest.mark.parametrize("config", sorted(PROTOCOLS))
@@ -70,3 +71,18 @@ def test_contested_multidigits_trains_a_few_steps(workdir):
     (run,) = (workdir / "runs" / "multidigits_contested").glob("version_*")
     results = json.loads((run / "results.json").read_text())["test"]
     assert list(results) == ["left", "right", "sum_parity", "larger"]
+
+
+@pytest.mark.parametrize(("config", "gate_mean", "heads_lr_mult"), [
+    ("multidigits", 3.0, 10.0), ("multidigits_rni_recipe", 0.0, 1.0)])
+def test_multidigits_recipes(workdir, monkeypatch, config, gate_mean, heads_lr_mult):
+    """The main job's recipe and the σBN code's: the gate init reaches the model's gates."""
+    monkeypatch.setattr("sys.argv", ["tasknorm"])
+    cli = TasknormCLI(["--config", resolve_config(config), "--model.backbone_args",
+                       '{"width": 64}'], run=False)
+    layers = [m for m in cli.model.modules() if hasattr(m, "gate")]
+    gates = torch.cat([m.weight.detach().flatten() for m in layers])
+    assert gates.numel() == 2 * 576 and all(m.init_mean == gate_mean for m in layers)
+    assert gates.mean().item() == pytest.approx(gate_mean, abs=0.15)
+    assert gates.std().item() == pytest.approx(1.0, abs=0.15)
+    assert cli.model.hparams.heads_lr_mult == heads_lr_mult

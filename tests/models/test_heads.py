@@ -12,9 +12,11 @@ from tasknorm.models import HEADS, build_head
     ("segnet", (2, 8, 6, 5), (2, 13, 6, 5)),
     ("conv", (2, 8, 6, 5), (2, 13, 6, 5)),
     ("linear", (2, 8), (2, 13)),
+    ("conv_fc", (2, 8, 6, 6), (2, 13)),
+    ("conv_fc", (2, 8, 11, 9), (2, 13)),
 ])
 def test_heads_keep_the_resolution_and_output_the_channels(name, shape, expected):
-    assert set(HEADS) == {"aspp", "segnet", "conv", "linear"}
+    assert set(HEADS) == {"aspp", "segnet", "conv", "conv_fc", "linear"}
     torch.manual_seed(0)
     assert build_head(name, shape[1], 13)(torch.randn(shape)).shape == expected
 
@@ -49,9 +51,20 @@ def test_conv_head_is_conv_bn_relu_then_conv1x1(in_channels, hidden):
     assert head[3].weight.shape == (3, hidden, 1, 1)
 
 
+def test_conv_fc_head_is_strided_conv_then_two_linear_layers():
+    head = build_head("conv_fc", 20, 5)
+    assert [type(m) for m in head] == [nn.Conv2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Flatten,
+                                       nn.Linear, nn.ReLU, nn.Linear]
+    conv, first, last = head[0], head[4], head[6]
+    assert conv.weight.shape == (20, 20, 3, 3) and conv.stride == (2, 2) and conv.bias is None
+    assert (first.in_features, first.out_features, last.out_features) == (180, 50, 5)
+    x = torch.randn(2, 20, 6, 6)  # digits_encoder's map of a 23×23 image: pooling is a no-op
+    torch.testing.assert_close(head[2](head[1](conv(x))), F.relu(conv(x)))
+
+
 def test_errors():
     with pytest.raises(ValueError, match=r"unknown head 'fcn'; expected one of \['aspp', 'conv', "
-                                         r"'linear', 'segnet'\]"):
+                                         r"'conv_fc', 'linear', 'segnet'\]"):
         build_head("fcn", 8, 3)
     with pytest.raises(ValueError, match="positive integer out_channels"):
         build_head("conv", 8, 0)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from tasknorm.data import MultiDigitsDataModule
-from tasknorm.models import digits_cnn
+from tasknorm.models import digits_cnn, digits_encoder
 from tasknorm.nn import convert, use_task
 from tasknorm.train import CosReg, MultiTaskModule, cosreg_penalty, last_shared_layer
 from tasknorm.train.gradients import task_gradients
@@ -67,6 +67,9 @@ def test_penalty_gradient_matches_finite_differences():
 def test_last_shared_layer_of_hard_and_task_specific_backbones():
     assert last_shared_layer(digits_cnn(width=4)) == "features.9"
     assert last_shared_layer(digits_cnn(width=4, norm=False)) == "features.6"
+    assert last_shared_layer(digits_encoder()) == "features.3"  # conv, BN, ReLU, conv
+    assert last_shared_layer(digits_encoder(norm=False)) == "features.2"  # conv, ReLU, conv
+    assert CosReg().attach(convert(digits_encoder(), ["a", "b"])) == ["features.3.weight"]
     task_sigma = convert(digits_cnn(width=4), ["a", "b"], kind="task_sigma")
     assert last_shared_layer(task_sigma) == "features.9"
     assert CosReg().attach(task_sigma) == ["features.9.weight"]  # the conv, not the gates
@@ -101,11 +104,71 @@ def test_loss_scaled_alpha_and_double_backprop_through_the_backbone():
     assert plain.last_seconds > 0
 
 
+def digits_losses(seed=0):
+    """Two task losses on a BatchNorm-free digits_cnn (tiny task gradients, as in training)."""
+    torch.manual_seed(seed)
+    backbone = digits_cnn(width=4, norm=False)
+    features = backbone(torch.randn(16, 1, 23, 23))
+    heads = torch.randn(2, features.size(1), 5)
+    labels = torch.randint(0, 5, (2, 16))
+    losses = {t: nn.functional.cross_entropy(features @ heads[i], labels[i])
+              for i, t in enumerate("ab")}
+    return backbone, losses
+
+
+def flat_grad(value, params):
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(value, params,
+                                                                 retain_graph=True)])
+
+
+@pytest.mark.parametrize("loss_scaled", [False, True])
+def test_max_grad_ratio_caps_the_penalty_gradient_at_a_fraction_of_the_task_gradient(
+        loss_scaled):
+    backbone, losses = digits_losses()
+    params = [backbone.features[6].weight]
+    task_norm = flat_grad(sum(losses.values()), params).norm()
+    plain = CosReg(alpha=10.0, loss_scaled=loss_scaled)
+    capped = CosReg(alpha=10.0, loss_scaled=loss_scaled, max_grad_ratio=0.1)
+    for cosreg in (plain, capped):
+        assert cosreg.attach(backbone) == ["features.6.weight"]
+    plain_grad = flat_grad(plain(losses), params)
+    assert plain_grad.norm() > 0.1 * task_norm  # the cap is active
+    capped_grad = flat_grad(capped(losses), params)
+    torch.testing.assert_close(capped_grad.norm(), 0.1 * task_norm)
+    # the direction is the penalty's, on the regularised layer and below it
+    torch.testing.assert_close(capped_grad / capped_grad.norm(), plain_grad / plain_grad.norm())
+    first = [backbone.features[0].weight]
+    scale = capped_grad.norm() / plain_grad.norm()
+    torch.testing.assert_close(flat_grad(capped(losses), first),
+                               scale * flat_grad(plain(losses), first))
+    # a weak penalty is left as it is
+    weak, weak_capped = CosReg(alpha=1e-4), CosReg(alpha=1e-4, max_grad_ratio=0.1)
+    for cosreg in (weak, weak_capped):
+        cosreg.attach(backbone)
+    assert weak_capped(losses).item() == pytest.approx(weak(losses).item(), rel=1e-6)
+
+
+def test_warmup_scales_alpha_linearly_over_the_first_steps():
+    backbone, losses = digits_losses()
+    plain, warm = CosReg(alpha=10.0), CosReg(alpha=10.0, warmup_steps=4)
+    plain.attach(backbone)
+    warm.attach(backbone)
+    full = plain(losses).item()
+    values = [warm(losses).item() for _ in range(7)]
+    assert values == pytest.approx([full * min(1.0, t / 4) for t in range(7)], rel=1e-6)
+    assert int(warm.step) == 7 and "step" in warm.state_dict()
+    assert "warmup_steps=4" in repr(warm) and "max_grad_ratio" not in repr(warm)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="non-negative"):
         CosReg(alpha=-1.0)
     with pytest.raises(TypeError, match="list of names"):
         CosReg(parameters="features.9")
+    with pytest.raises(ValueError, match="warmup_steps must be a non-negative integer"):
+        CosReg(warmup_steps=-1)
+    with pytest.raises(ValueError, match="max_grad_ratio must be positive"):
+        CosReg(max_grad_ratio=0.0)
     with pytest.raises(RuntimeError, match="attach"):
         CosReg()({"a": torch.tensor(1.0), "b": torch.tensor(1.0)})
 
@@ -152,3 +215,12 @@ def test_packaged_config_trains_a_few_steps(workdir):
     assert set(json.loads((run / "results.json").read_text())["test"]) == {"left", "right"}
     metrics = (run / "metrics.csv").read_text()
     assert "grad_cos/std" in metrics
+
+
+def test_state_without_the_step_count_loads_from_zero():
+    """Checkpoints written before ``CosReg.step`` existed still load."""
+    old = {k: v for k, v in CosReg(1.0, warmup_steps=3).state_dict().items() if k != "step"}
+    regulariser = CosReg(1.0, warmup_steps=3)
+    regulariser.step.fill_(5)
+    regulariser.load_state_dict(old)
+    assert regulariser.step.item() == 0

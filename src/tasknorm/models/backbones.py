@@ -58,6 +58,45 @@ def digits_cnn(in_channels: int = 1, width: int = 32, norm: bool = True,
     return DigitsCNN(in_channels, width, norm, dropout, pool_size)
 
 
+class DigitsEncoder(nn.Module):
+    """The shared encoder of the CosReg paper's MultiDigitMNIST network: two bias-free 3×3
+    convolutions of ``width`` filters, both with stride 2 (strided convolutions instead of
+    pooling), each followed by ReLU (and BatchNorm before it with ``norm=True``).
+
+    The output is the spatial map ``(B, width, ⌈H/4⌉, ⌈W/4⌉)``; ``out_features = width``. Pair it
+    with the ``conv_fc`` head (a convolution and two fully connected layers per task). The paper
+    gives the layer counts, 20 filters and no biases; the 3×3 kernels are our choice.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 20, norm: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for channels in (in_channels, width):
+            layers.append(nn.Conv2d(channels, width, 3, 2, 1, bias=False))
+            if norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
+        self.features = nn.Sequential(*layers)
+        self.out_features = width
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+def digits_encoder(in_channels: int = 1, width: int = 20, norm: bool = True) -> DigitsEncoder:
+    """The CosReg paper's two-layer MultiDigitMNIST encoder (see :class:`DigitsEncoder`).
+
+    Example:
+        >>> import torch
+        >>> digits_encoder()(torch.randn(2, 1, 23, 23)).shape
+        torch.Size([2, 20, 6, 6])
+    """
+    return DigitsEncoder(in_channels, width, norm)
+
+
 class CelebaCNN(nn.Module):
     """The CelebA network of FAMO (``Cranial-XIX/FAMO``, ``experiments/celeba/models.py``, the
     ``shared_base``): seven 3×3 conv-BN-ReLU layers (64, 128, 128, 256, 256, 512, 512 channels;
@@ -113,6 +152,7 @@ def torchvision_resnet(name: str, in_channels: int = 3) -> nn.Module:
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "celeba_cnn": celeba_cnn,
     "digits_cnn": digits_cnn,
+    "digits_encoder": digits_encoder,
     "dilated_cnn": dilated_cnn,
     "resnet18": lambda **kw: torchvision_resnet("resnet18", **kw),
     "resnet50": lambda **kw: torchvision_resnet("resnet50", **kw),
@@ -122,7 +162,8 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 """Vector backbones (``(B, out_features)``): ``celeba_cnn``, ``digits_cnn``, ``resnet18``,
 ``resnet50``. Dense backbones (``(B, out_features, h, w)``, see :mod:`tasknorm.models.dense`):
-``dilated_cnn``, ``resnet50_dilated``, ``segnet``, ``vit_small``."""
+``dilated_cnn``, ``resnet50_dilated``, ``segnet``, ``vit_small``; ``digits_encoder`` (a small
+spatial map for the ``conv_fc`` head)."""
 
 
 def build_backbone(name: str, **kwargs: object) -> nn.Module:

@@ -40,6 +40,20 @@ def conv_head(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.Conv2d(hidden, out_channels, 1))
 
 
+def conv_fc_head(in_channels: int, out_channels: int, hidden: int = 50,
+                 grid: int = 3) -> nn.Sequential:
+    """The task decoder of the CosReg paper's MultiDigitMNIST network: a bias-free 3×3 conv with
+    stride 2 (``in_channels`` wide) and ReLU, average pooling to a ``grid × grid`` map (the
+    identity for ``digits_encoder`` on 23×23 MultiDigits), then ``Linear`` → ReLU → ``Linear``
+    with ``hidden`` units; a vector output. The paper gives the layer counts and no conv bias;
+    the kernel, the pooling and ``hidden = 50`` (as in the LeNet of multi-MNIST studies) are our
+    choices."""
+    return nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, 2, 1, bias=False),
+                         nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(grid), nn.Flatten(),
+                         nn.Linear(in_channels * grid**2, hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out_channels))
+
+
 def linear_head(in_channels: int, out_channels: int) -> nn.Linear:
     """A linear layer on feature vectors (classification, attributes)."""
     return nn.Linear(in_channels, out_channels)
@@ -48,6 +62,7 @@ def linear_head(in_channels: int, out_channels: int) -> nn.Linear:
 HEADS: dict[str, Callable[[int, int], nn.Module]] = {
     "aspp": aspp_head,
     "conv": conv_head,
+    "conv_fc": conv_fc_head,
     "linear": linear_head,
     "segnet": segnet_head,
 }

@@ -11,12 +11,18 @@ The gradients are taken with ``create_graph=True`` (double backpropagation), so 
 ``P`` reaches every layer below the chosen parameters and the task heads. With
 ``loss_scaled=True``, ``α`` is multiplied by the detached mean task loss (the paper's NYUv2
 recipe), so the penalty follows the scale of the losses.
+
+Two options keep a large ``α`` from stalling training when the task gradients are tiny (the
+cosine is scale-invariant, so the penalty's gradient grows like ``1/‖g‖``): ``warmup_steps``
+ramps ``α`` linearly from 0, and ``max_grad_ratio`` caps the norm of the penalty's gradient at a
+fraction of the task gradient's.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +101,12 @@ class CosReg(nn.Module):
             prefixes, see :func:`~tasknorm.train.gradients.shared_parameters`); ``None``: the
             :func:`last_shared_layer`; ``["*"]``: every shared parameter.
         eps: lower bound of a gradient's norm when normalising.
+        warmup_steps: ``N``; the ``t``-th call (from 0) uses ``α_t = α · min(1, t / N)``;
+            0: no warm-up. ``t`` is the buffer :attr:`step`, saved in checkpoints.
+        max_grad_ratio: ``ρ``; where the penalty's gradient on the regularised parameters is
+            longer than ``ρ`` times the gradient of the summed task losses on them, the penalty
+            is multiplied by a detached factor that makes it exactly that long (one more
+            backward pass); ``None``: no cap.
 
     Call :meth:`attach` with the backbone once, then ``cosreg(losses)`` every step; it returns
     the penalty (with its graph) and keeps :attr:`last_seconds` and :attr:`last_cosines` of the
@@ -114,24 +126,39 @@ class CosReg(nn.Module):
         (True, True)
     """
 
+    step: Tensor
+
     def __init__(self, alpha: float = 10.0, loss_scaled: bool = False,
-                 parameters: Sequence[str] | None = None, eps: float = 1e-12) -> None:
+                 parameters: Sequence[str] | None = None, eps: float = 1e-12,
+                 warmup_steps: int = 0, max_grad_ratio: float | None = None) -> None:
         super().__init__()
         if alpha < 0:
             raise ValueError(f"alpha must be non-negative, got {alpha}")
         if isinstance(parameters, str):
             raise TypeError(f"parameters must be a list of names, got the string {parameters!r}")
+        if not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}")
+        if max_grad_ratio is not None and not max_grad_ratio > 0:
+            raise ValueError(f"max_grad_ratio must be positive or None, got {max_grad_ratio}")
         self.alpha = float(alpha)
         self.loss_scaled = loss_scaled
         self.names = None if parameters is None else list(parameters)
         self.eps = eps
+        self.warmup_steps = warmup_steps
+        self.max_grad_ratio = max_grad_ratio
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._register_load_state_dict_pre_hook(_count_from_zero)
         self.params: dict[str, nn.Parameter] = {}
         self.last_seconds = 0.0
         self.last_cosines: Tensor | None = None
 
     def extra_repr(self) -> str:
+        options = "".join(f", {name}={value}" for name, value in (
+            ("warmup_steps", self.warmup_steps), ("max_grad_ratio", self.max_grad_ratio))
+            if value)
         return (f"alpha={self.alpha}, loss_scaled={self.loss_scaled}, "
-                f"parameters={self.names if self.names is not None else 'last shared layer'}")
+                f"parameters={self.names if self.names is not None else 'last shared layer'}"
+                f"{options}")
 
     def attach(self, backbone: nn.Module) -> list[str]:
         """Select the regularised parameters of ``backbone``; returns their names."""
@@ -146,7 +173,7 @@ class CosReg(nn.Module):
         return list(self.params)
 
     def forward(self, losses: Mapping[str, Tensor], reduce: bool = False) -> Tensor:
-        """The penalty for the task ``losses`` (each with its graph).
+        """The penalty for the task ``losses`` (each with its graph); advances :attr:`step`.
 
         Args:
             losses: ``{task: scalar loss}``.
@@ -157,19 +184,40 @@ class CosReg(nn.Module):
         if not self.params:
             raise RuntimeError("CosReg.attach(backbone) must be called before the first step")
         start = time.perf_counter()
-        gradients = task_gradients(losses, list(self.params.values()), create_graph=True)
+        params = list(self.params.values())
+        gradients = task_gradients(losses, params, create_graph=True)
         if reduce:
             gradients = _mean_over_processes(gradients)
-        alpha = self.alpha
-        penalty = cosreg_penalty(gradients, 1.0, self.eps)
+        penalty = cosreg_penalty(gradients, self.alpha, self.eps)
+        if self.warmup_steps:
+            penalty = penalty * (self.step / self.warmup_steps).clamp(max=1)
         if self.loss_scaled:
             penalty = penalty * torch.stack(list(losses.values())).mean().detach()
-        penalty = alpha * penalty
+        if self.max_grad_ratio is not None and penalty.requires_grad:
+            penalty = penalty * self._cap(penalty, gradients.detach().sum(0), params, reduce)
+        self.step += 1
         self.last_seconds = time.perf_counter() - start
         with torch.no_grad():
             unit = F.normalize(gradients.detach(), dim=1, eps=self.eps)
             self.last_cosines = unit @ unit.T
         return penalty
+
+    def _cap(self, penalty: Tensor, task_gradient: Tensor, params: list[nn.Parameter],
+             reduce: bool) -> Tensor:
+        """``min(1, ρ ‖task_gradient‖ / ‖∇ penalty‖)`` on ``params`` (1 for a zero gradient)."""
+        grads = torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True)
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                          for g, p in zip(grads, params, strict=True)])
+        if reduce:  # DDP averages the gradients the penalty leaves on each process
+            flat = _mean_over_processes(flat)
+        norm = flat.norm()
+        limit = self.max_grad_ratio * task_gradient.norm()
+        return torch.where(norm > limit, limit / norm.clamp_min(self.eps), torch.ones_like(norm))
+
+
+def _count_from_zero(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints written before :attr:`CosReg.step` existed load with the count at 0."""
+    state_dict.setdefault(f"{prefix}step", torch.zeros((), dtype=torch.long))
 
 
 def _mean_over_processes(tensor: Tensor) -> Tensor:

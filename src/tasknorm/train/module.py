@@ -66,7 +66,7 @@ class MultiTaskModule(L.LightningModule):
         aggregator_args: keyword arguments of the aggregator, e.g. ``{"c": 0.4}`` for ``cagrad``.
         cosreg_alpha: strength of the CosReg penalty; 0 turns it off.
         cosreg_args: other arguments of :class:`~tasknorm.train.CosReg` (``loss_scaled``,
-            ``parameters``, ``eps``).
+            ``parameters``, ``eps``, ``max_grad_ratio``, ``warmup_steps``).
         optimizer: ``sgd`` (momentum, Nesterov) or ``adam``.
         lr: base learning rate.
         momentum: SGD momentum.
