@@ -3,7 +3,7 @@ import json
 import pytest
 
 from tasknorm.cli import main
-from tasknorm.prune.command import PruneConfig, format_table, load_config
+from tasknorm.prune.command import PruneConfig, format_table, load_config, run
 
 
 def test_prune_command_on_digits(tmp_path, capsys):
@@ -65,3 +65,14 @@ def test_fit_select_best_reloads_the_best_epoch():
     assert model.training  # fit leaves the model in train mode, on the CPU
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert accuracy(model, val) > 0.2
+
+
+def test_each_method_starts_from_the_seeded_initialisation(tmp_path):
+    """A method's run does not depend on the methods trained before it in the same process."""
+    options = {"ratios": [0.5], "train": {"epochs": 1, "lr": 0.05},
+               "finetune": {"epochs": 1, "lr": 0.01}, "latency_batches": [1]}
+    alone = run(PruneConfig(methods=["uniform"], **options), tmp_path / "alone")
+    after = run(PruneConfig(methods=["l1", "uniform"], **options), tmp_path / "after")
+    uniform = [r for r in after["records"] if r["method"] == "uniform"]
+    assert [r["accuracy_pruned"] for r in uniform] == [
+        r["accuracy_pruned"] for r in alone["records"]]

@@ -155,6 +155,7 @@ def run(cfg: PruneConfig, output: Path) -> dict[str, Any]:
     for method in cfg.methods:
         norm, regularizer, mode = METHODS[method]
         start = time.perf_counter()
+        torch.manual_seed(cfg.seed)  # each method's initialisation, whatever ran before it
         model = build_model(cfg.architecture, norm, num_classes)
         optim = OptimConfig(**{**cfg.train, **({} if norm == "sigma" else {
             "norm_lr_mult": 1.0, "norm_weight_decay": cfg.train.get("weight_decay", 1e-4)})})
