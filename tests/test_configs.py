@@ -74,7 +74,7 @@ def test_contested_multidigits_trains_a_few_steps(workdir):
 
 
 @pytest.mark.parametrize(("config", "gate_mean", "heads_lr_mult"), [
-    ("multidigits", 3.0, 10.0), ("multidigits_rni_recipe", 0.0, 1.0)])
+    ("multidigits", 2.0, 10.0), ("multidigits_rni_recipe", 0.0, 1.0)])
 def test_multidigits_recipes(workdir, monkeypatch, config, gate_mean, heads_lr_mult):
     """The main job's recipe and the σBN code's: the gate init reaches the model's gates."""
     monkeypatch.setattr("sys.argv", ["tasknorm"])
