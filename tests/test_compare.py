@@ -266,3 +266,17 @@ def test_compare_tuning_end_to_end(workdir):
     assert all(set(r["improvements"]) == {"left", "right"} for r in records)
     assert (out / "curves.png").is_file()
     assert f"| {best} |" in (out / "compare.md").read_text()
+
+
+def test_tuning_refuses_relative_selection(tmp_path, monkeypatch):
+    """Relative scores are gains over each run's own first epoch: not comparable across points."""
+    fake = FakeRun()
+
+    def relative(*args, **kwargs):
+        return {**fake(*args, **kwargs), "selection": "relative"}
+
+    monkeypatch.setattr(compare, "run_one", relative)
+    with pytest.raises(SystemExit, match=r"--grid needs --model\.selection mean"):
+        main(["--architectures", "hard", "--grid", "lr=0.02,0.05", "--output",
+              str(tmp_path / "out")])
+    assert len(fake.calls) == 1

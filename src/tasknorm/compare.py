@@ -10,7 +10,8 @@ recorded. The single-task runs give the baseline of Δm (saved as ``baseline.jso
 
 ``--grid KEY=V1,V2 ...`` gives every architecture the same tuning budget: seed 0 is trained at
 every grid point (at most 4) and the point with the best validation ``val/selection`` is picked
-per architecture (``tuning.json``); seeds 1, 2, ... train at the pick, and the seed-0 tuning run
+per architecture (``tuning.json``; this needs ``selection: mean``, whose scores are comparable
+across runs); seeds 1, 2, ... train at the pick, and the seed-0 tuning run
 at the pick is reused as the seed-0 record rather than trained again.
 """
 
@@ -114,7 +115,7 @@ def run_one(architecture: str, seed: int, output: Path, config: str | None,
             "val_score": float(score) if score is not None and score.isfinite() else None,
             "parameters": count_parameters(model), "flops": count_flops(model, example),
             "seconds": seconds, "checkpoint": cli.results["checkpoint"],
-            "log_dir": cli.results["log_dir"],
+            "log_dir": cli.results["log_dir"], "selection": cli.model.hparams.selection,
             "primary": {name: task.primary for name, task in tasks.items()},
             "higher_is_better": {name: task.higher_is_better for name, task in tasks.items()},
             "fractions": {name: task.fractions for name, task in tasks.items()}}
@@ -141,6 +142,10 @@ def tune(architectures: Sequence[str], grid: dict[str, list[int | float]], outpu
                 print(f"tasknorm compare: {arch} at {label} diverged: {error}")
                 scores[arch][label] = None
                 continue
+            if run.get("selection") == "relative":
+                raise SystemExit("tasknorm compare: --grid needs --model.selection mean; with "
+                                 "'relative' each run's score is its gain over its own first "
+                                 "epoch, so scores of different grid points are not comparable")
             if run["val_score"] is None:
                 raise SystemExit(f"tasknorm compare: --grid needs a finite best {SELECTION_METRIC}"
                                  f" from a ModelCheckpoint with mode max; {arch} at {label} has "
