@@ -67,8 +67,7 @@ def param_groups(
         heads = []
     elif isinstance(heads, nn.Module):
         heads = [heads]
-    head_modules = [m for head in heads for m in head.modules()]
-    head_ids = {id(p) for m in head_modules for p in m.parameters(recurse=False)}
+    head_ids = {id(p) for head in heads for p in head.parameters()}
     norm_ids = {id(p) for m in model.modules() if isinstance(m, NORM_LAYER_TYPES)
                 for p in m.parameters(recurse=False)}
     model_ids = {id(p) for p in model.parameters()}
