@@ -268,15 +268,33 @@ def test_compare_tuning_end_to_end(workdir):
     assert f"| {best} |" in (out / "compare.md").read_text()
 
 
-def test_tuning_refuses_relative_selection(tmp_path, monkeypatch):
-    """Relative scores are gains over each run's own first epoch: not comparable across points."""
-    fake = FakeRun()
+def test_relative_tuning_scores_best_epoch_metrics_against_the_grid_mean(tmp_path, monkeypatch):
+    """Under ``selection: relative`` each run's val/selection is a gain over its own first epoch,
+    so the pick compares the primary metrics at each run's best epoch instead."""
+    # Run lr=0.02 has the higher own relative gain (0.9) but the worse metrics at its best epoch
+    logs = {"0.02": ([0.2, 0.5, 0.9], [0.4, 0.6, 0.8], [5.0, 4.0, 3.0]),
+            "0.05": ([0.1, 0.3, 0.2], [0.8, 0.9, 0.85], [1.0, 1.0, 2.0])}
 
-    def relative(*args, **kwargs):
-        return {**fake(*args, **kwargs), "selection": "relative"}
+    def relative(architecture, seed, output, config, overrides, version=None):
+        lr = overrides[overrides.index("--model.lr") + 1]
+        selection, left, right = logs[lr] if seed == 0 else logs["0.05"]
+        record = FakeRun()(architecture, seed, output, config, overrides, version)
+        with open(Path(record["log_dir"]) / "metrics.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", "val/selection", "val/left/accuracy", "val/right/abs_err"])
+            writer.writerows([epoch, *row] for epoch, row in
+                             enumerate(zip(selection, left, right, strict=True)))
+        return {**record, "val_score": max(selection), "selection": "relative"}
 
     monkeypatch.setattr(compare, "run_one", relative)
-    with pytest.raises(SystemExit, match=r"--grid needs --model\.selection mean"):
-        main(["--architectures", "hard", "--grid", "lr=0.02,0.05", "--output",
-              str(tmp_path / "out")])
-    assert len(fake.calls) == 1
+    out = tmp_path / "out"
+    main(["--architectures", "hard", "--seeds", "2", "--grid", "lr=0.02,0.05",
+          "--output", str(out)])
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["metric"] == compare.RELATIVE_TUNING
+    # best epochs: lr=0.02 → epoch 3 (left 0.8, right 3.0); lr=0.05 → epoch 2 (0.9, 1.0);
+    # reference = their mean (0.85, 2.0); Δm = mean of +(M − R)/R and −(M − R)/R, in percent
+    expected = {"lr=0.02": 100 * ((0.8 - 0.85) / 0.85 - (3.0 - 2.0) / 2.0) / 2,
+                "lr=0.05": 100 * ((0.9 - 0.85) / 0.85 - (1.0 - 2.0) / 2.0) / 2}
+    assert tuning["scores"]["hard"] == pytest.approx(expected)
+    assert tuning["picks"] == {"hard": {"lr": 0.05}}

@@ -10,9 +10,9 @@ recorded. The single-task runs give the baseline of Δm (saved as ``baseline.jso
 
 ``--grid KEY=V1,V2 ...`` gives every architecture the same tuning budget: seed 0 is trained at
 every grid point (at most 4) and the point with the best validation ``val/selection`` is picked
-per architecture (``tuning.json``; this needs ``selection: mean``, whose scores are comparable
-across runs); seeds 1, 2, ... train at the pick, and the seed-0 tuning run
-at the pick is reused as the seed-0 record rather than trained again.
+per architecture (``tuning.json``; under ``selection: relative``, whose scores are not comparable
+across runs, by :func:`relative_scores` instead); seeds 1, 2, ... train at the pick, and the
+seed-0 tuning run at the pick is reused as the seed-0 record rather than trained again.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tasknorm.cli import resolve_config, run_cli
-from tasknorm.curves import Curve, convergence, plot_curves, read_curves
+from tasknorm.curves import Curve, convergence, plot_curves, read_columns, read_curves
 from tasknorm.io import write_json, write_text
 from tasknorm.models import ARCHITECTURES, count_flops, count_parameters
 from tasknorm.tasks import delta_m
@@ -44,6 +44,9 @@ DELTA_CONVENTION = ("Δm: per-task mean of ±(M−B)/B over all metrics, then me
 MAX_POINTS = 4
 """Largest tuning grid: each point costs one run per architecture."""
 Point = dict[str, int | float]
+RELATIVE_TUNING = ("Δm % of the primary validation metrics at the best epoch against their mean "
+                   "over the grid points")
+"""The tuning score under ``selection: relative`` (:func:`relative_scores`)."""
 
 
 def parse_grid(entries: Sequence[str]) -> dict[str, list[int | float]]:
@@ -126,12 +129,16 @@ def tune(architectures: Sequence[str], grid: dict[str, list[int | float]], outpu
          ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Train seed 0 of every architecture at every point of ``grid`` (logs in
     ``<output>/tuning/<architecture>/<point>``) and pick, per architecture, the point with the
-    highest ``val_score`` (the first on ties; a point whose loss diverged scores ``None``).
-    Returns the tuning summary (``grid``, ``scores`` per architecture and point label,
-    ``picks``) and each architecture's record at its pick, which serves as its seed-0 record."""
+    highest score (the first on ties; a point whose loss diverged scores ``None``). The score is
+    the best validation ``val/selection`` under ``selection: mean``; under ``relative``, whose
+    values are gains over each run's own first epoch and so not comparable across runs, it is
+    :func:`relative_scores`. Returns the tuning summary (``grid``, ``metric``, ``scores`` per
+    architecture and point label, ``picks``) and each architecture's record at its pick, which
+    serves as its seed-0 record."""
     scores: dict[str, dict[str, float | None]] = {}
     picks: dict[str, Point] = {}
     picked: dict[str, dict[str, Any]] = {}
+    metric = f"best validation {SELECTION_METRIC}"
     for arch in architectures:
         scores[arch], runs = {}, {}
         for point in grid_points(grid):
@@ -142,10 +149,6 @@ def tune(architectures: Sequence[str], grid: dict[str, list[int | float]], outpu
                 print(f"tasknorm compare: {arch} at {label} diverged: {error}")
                 scores[arch][label] = None
                 continue
-            if run.get("selection") == "relative":
-                raise SystemExit("tasknorm compare: --grid needs --model.selection mean; with "
-                                 "'relative' each run's score is its gain over its own first "
-                                 "epoch, so scores of different grid points are not comparable")
             if run["val_score"] is None:
                 raise SystemExit(f"tasknorm compare: --grid needs a finite best {SELECTION_METRIC}"
                                  f" from a ModelCheckpoint with mode max; {arch} at {label} has "
@@ -153,17 +156,46 @@ def tune(architectures: Sequence[str], grid: dict[str, list[int | float]], outpu
             scores[arch][label], runs[label] = run["val_score"], run
         if not runs:
             raise SystemExit(f"tasknorm compare: {arch} diverged at every grid point")
-        picked[arch] = max(runs.values(), key=lambda run: run["val_score"])
-        picks[arch] = picked[arch]["point"]
-    return {"grid": grid, "metric": SELECTION_METRIC, "seed": 0, "scores": scores,
-            "picks": picks}, picked
+        if next(iter(runs.values())).get("selection") == "relative":
+            scores[arch].update(relative_scores(runs))
+            metric = RELATIVE_TUNING
+        label = max(runs, key=lambda label: scores[arch][label])
+        picked[arch], picks[arch] = runs[label], runs[label]["point"]
+    return {"grid": grid, "metric": metric, "seed": 0, "scores": scores, "picks": picks}, picked
+
+
+def relative_scores(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Scores of one architecture's grid points that compare across runs when tasks live on
+    different scales: Δm % (:func:`~tasknorm.tasks.delta_m`) of each run's primary validation
+    metrics at its best ``val/selection`` epoch against their mean over the points."""
+    values = {label: best_epoch_primaries(run) for label, run in runs.items()}
+    first = next(iter(runs.values()))
+    reference = {task: {metric: statistics.fmean(v[task][metric] for v in values.values())}
+                 for task, metric in first["primary"].items()}
+    directions = {task: {metric: first["higher_is_better"][task][metric]}
+                  for task, metric in first["primary"].items()}
+    return {label: delta_m(v, reference, directions) for label, v in values.items()}
+
+
+def best_epoch_primaries(record: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each task's primary validation metric (``{task: {metric: value}}``) at the epoch of the
+    run's best ``val/selection``, read from its ``metrics.csv``."""
+    primary = record["primary"]
+    curves = read_columns(record["log_dir"], {"": SELECTION_METRIC, **{
+        task: f"val/{task}/{metric}" for task, metric in primary.items()}})
+    selection = curves.pop("")
+    if not selection:
+        raise SystemExit(f"tasknorm compare: {record['log_dir']}/metrics.csv has no "
+                         f"{SELECTION_METRIC} column")
+    epoch = max(selection, key=selection.__getitem__)
+    return {task: {primary[task]: curve[epoch]} for task, curve in curves.items()}
 
 
 def tuning_table(tuning: dict[str, Any]) -> str:
     """Markdown table: one row per architecture, its score at every grid point and its pick."""
     labels = list(next(iter(tuning["scores"].values())))
     header = ["architecture", *labels, "pick"]
-    lines = [f"Tuning: best validation {tuning['metric']} of seed {tuning['seed']} per point",
+    lines = [f"Tuning: {tuning['metric']} of seed {tuning['seed']} per point",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arch, scores in tuning["scores"].items():
         cells = [LABELS.get(arch, arch),

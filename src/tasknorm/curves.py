@@ -26,6 +26,12 @@ CONVERGENCE_POINTS = 0.5
 def read_curves(log_dir: str | Path, metrics: Mapping[str, str]) -> dict[str, Curve]:
     """Each task's curve of ``val/<task>/<metric>`` (``metrics`` maps task → metric) from the
     ``metrics.csv`` a CSVLogger wrote to ``log_dir``."""
+    return read_columns(log_dir, {task: f"val/{task}/{metric}" for task, metric in metrics.items()})
+
+
+def read_columns(log_dir: str | Path, columns: Mapping[str, str]) -> dict[str, Curve]:
+    """The curve of each logged column (``columns`` maps a key → a column of ``metrics.csv``,
+    e.g. ``{"selection": "val/selection"}``) from the CSVLogger log in ``log_dir``."""
     path = Path(log_dir) / "metrics.csv"
     try:
         with path.open(newline="") as f:
@@ -33,12 +39,8 @@ def read_curves(log_dir: str | Path, metrics: Mapping[str, str]) -> dict[str, Cu
     except FileNotFoundError:
         raise FileNotFoundError(f"no validation curves: {path} does not exist (the run needs a "
                                 "CSVLogger)") from None
-    curves: dict[str, Curve] = {}
-    for task, metric in metrics.items():
-        column = f"val/{task}/{metric}"
-        curves[task] = {int(row["epoch"]) + 1: float(row[column]) for row in rows
-                        if row.get(column)}
-    return curves
+    return {key: {int(row["epoch"]) + 1: float(row[column]) for row in rows if row.get(column)}
+            for key, column in columns.items()}
 
 
 def improvement(values: Sequence[float], higher_is_better: bool, scale: float = 1.0
