@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from tasknorm.models.dense import init_segnet_
+from tasknorm.tasks.dense import conv_head
 
 
 def aspp_head(in_channels: int, out_channels: int) -> nn.Module:
@@ -29,15 +30,6 @@ def segnet_head(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.Conv2d(in_channels, out_channels, 1))
     init_segnet_(head)
     return head
-
-
-def conv_head(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Generic dense head: 3×3 conv-BN-ReLU (``min(in_channels, 256)`` wide, 256 as DeepLab's
-    heads) then a 1×1 conv; for ViT feature maps and small backbones."""
-    hidden = min(in_channels, 256)
-    return nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-                         nn.Conv2d(hidden, out_channels, 1))
 
 
 def conv_fc_head(in_channels: int, out_channels: int, hidden: int = 50,

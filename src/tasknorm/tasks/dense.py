@@ -34,13 +34,21 @@ def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, values, 0.0).sum() / valid.sum().clamp(min=1)
 
 
+def conv_head(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Generic dense head: 3×3 conv-BN-ReLU (``min(in_channels, 256)`` wide, 256 as DeepLab's
+    heads) then a 1×1 conv; the dense tasks' default head, for ViT feature maps and small
+    backbones (the ``conv`` head of :mod:`tasknorm.models.heads`)."""
+    hidden = min(in_channels, 256)
+    return nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                         nn.Conv2d(hidden, out_channels, 1))
+
+
 class _DenseTask(Task):
-    """A task on (B, C, H, W) outputs with the small convolutional default head (the ``conv``
-    head of :mod:`tasknorm.models.heads`; protocol heads such as ASPP are chosen by name)."""
+    """A task on (B, C, H, W) outputs with the small convolutional default head
+    (:func:`conv_head`; protocol heads such as ASPP are chosen by name)."""
 
     def build_head(self, in_features: int) -> nn.Module:
-        from tasknorm.models.heads import conv_head  # tasknorm.models imports tasknorm.tasks
-
         return conv_head(in_features, self.out_channels)
 
     def _check_shape(self, output: Tensor, expected: tuple[int, ...]) -> None:
