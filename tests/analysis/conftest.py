@@ -14,7 +14,7 @@ def gated_model():
         model = nn.Sequential(*(TaskSigmaBatchNorm2d(g.size(1), list(tasks)) for g in layers))
         with torch.no_grad():
             for layer, gates in zip(model, layers, strict=True):
-                layer.weight.copy_(torch.logit(gates.double()).float())
+                layer.gate_logit.copy_(torch.logit(gates.double()).float())
         return model
 
     return build

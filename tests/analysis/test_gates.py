@@ -11,7 +11,7 @@ from tasknorm.nn import TaskSigmaBatchNorm2d, convert
 def test_gate_matrices_are_the_sigmoid_of_each_layer_in_model_order():
     model = convert(digits_cnn(width=4), ["left", "right"])
     with torch.no_grad():
-        model.features[4].weight.copy_(torch.tensor([[0.0] * 8, [2.0] * 8]))
+        model.features[4].gate_logit.copy_(torch.tensor([[0.0] * 8, [2.0] * 8]))
     gates = gate_matrices(model)
     assert list(gates) == ["features.1", "features.4", "features.7", "features.10"]
     assert [tuple(g.shape) for g in gates.values()] == [(2, 4), (2, 8), (2, 8), (2, 16)]
@@ -31,7 +31,7 @@ def test_layer_norm_model():
     assert list(gates) == ["blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1",
                            "blocks.1.norm2", "norm"]
     assert all(g.shape == (3, 24) for g in gates.values())
-    torch.testing.assert_close(gates["norm"], torch.sigmoid(vit.norm.weight.detach()))
+    torch.testing.assert_close(gates["norm"], torch.sigmoid(vit.norm.gate_logit.detach()))
     assert short_names(list(gates)) == list(gates)  # no common prefix to drop
 
 

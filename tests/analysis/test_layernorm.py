@@ -19,10 +19,10 @@ def test_vit_checkpoint(tmp_path, capsys):
     last = backbone.vit.norm
     assert isinstance(last, TaskSigmaLayerNorm)
     with torch.no_grad():  # final norm: segmentation and depth share the first half only
-        last.weight.fill_(-4.0)
-        last.weight[0, :192] = 4.0
-        last.weight[1, :192] = 4.0
-        last.weight[2, 192:] = 4.0
+        last.gate_logit.fill_(-4.0)
+        last.gate_logit[0, :192] = 4.0
+        last.gate_logit[1, :192] = 4.0
+        last.gate_logit[2, 192:] = 4.0
     checkpoint = {
         "state_dict": {f"model.backbone.{k}": v for k, v in backbone.state_dict().items()},
         # a pretrained-weight file that is not there: analysis must not need it

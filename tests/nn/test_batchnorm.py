@@ -100,7 +100,7 @@ def test_sigma_equals_batchnorm_with_sigmoid_weight(cls, plain, dims, dtype):
     ours = cls(4, dtype=dtype)
     bn = plain(4, dtype=dtype)
     with torch.no_grad():
-        bn.weight.copy_(torch.sigmoid(ours.weight))
+        bn.weight.copy_(torch.sigmoid(ours.gate_logit))
         bn.bias.zero_()
     for _ in range(3):
         x = make_input(dims, 8, dtype=dtype)
@@ -108,7 +108,7 @@ def test_sigma_equals_batchnorm_with_sigmoid_weight(cls, plain, dims, dtype):
     torch.testing.assert_close(ours.running_mean, bn.running_mean)
     torch.testing.assert_close(ours.running_var, bn.running_var)
     assert ours.bias is None
-    assert [n for n, _ in ours.named_parameters()] == ["weight"]
+    assert [n for n, _ in ours.named_parameters()] == ["gate_logit"]
     ours.eval()
     bn.eval()
     x = make_input(dims, 8, dtype=dtype)
@@ -117,13 +117,13 @@ def test_sigma_equals_batchnorm_with_sigmoid_weight(cls, plain, dims, dtype):
 
 def test_sigma_init_is_normal_and_configurable():
     torch.manual_seed(0)
-    gates = SigmaBatchNorm2d(20_000).weight
+    gates = SigmaBatchNorm2d(20_000).gate_logit
     assert abs(gates.mean().item()) < 0.05
     assert abs(gates.std().item() - 1) < 0.05
-    shifted = SigmaBatchNorm2d(20_000, init_mean=2.0, init_std=0.5).weight
+    shifted = SigmaBatchNorm2d(20_000, init_mean=2.0, init_std=0.5).gate_logit
     assert abs(shifted.mean().item() - 2) < 0.05
     assert abs(shifted.std().item() - 0.5) < 0.05
-    assert torch.equal(SigmaBatchNorm2d(8, init_std=0.0).weight, torch.zeros(8))
+    assert torch.equal(SigmaBatchNorm2d(8, init_std=0.0).gate_logit, torch.zeros(8))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -169,12 +169,13 @@ def test_all_tasks_equals_per_task_loop(cls, dims, layout, num_tasks):
 
 
 def _check_param_grads(layer, ref, t):
+    scale = layer.affine_parameters()[0]
     if isinstance(layer, TaskSigmaBatchNorm2d | TaskSigmaBatchNorm1d):
-        gate = torch.sigmoid(layer.weight[t].detach())
+        gate = torch.sigmoid(scale[t].detach())
         expected = ref.weight.grad * gate * (1 - gate)  # chain rule through the sigmoid
     else:
         expected = ref.weight.grad
-    torch.testing.assert_close(layer.weight.grad[t], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scale.grad[t], expected, atol=1e-5, rtol=1e-5)
     if layer.bias is not None:
         torch.testing.assert_close(layer.bias.grad[t], ref.bias.grad, atol=1e-5, rtol=1e-5)
 
@@ -296,10 +297,54 @@ def test_extra_repr():
     assert repr(SigmaBatchNorm1d(3)) == "SigmaBatchNorm1d(3, eps=1e-05, momentum=0.1)"
 
 
-def test_gate_is_sigmoid_of_weight():
+def test_gate_is_sigmoid_of_gate_logit():
     layer = TaskSigmaBatchNorm2d(4, ["a", "b"])
-    torch.testing.assert_close(layer.gate, torch.sigmoid(layer.weight))
+    torch.testing.assert_close(layer.gate, torch.sigmoid(layer.gate_logit))
     x = make_input(4, 6)
     with use_task("b"):
         expected = F.batch_norm(x, None, None, layer.gate[1], None, True)
         torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", [None, "task_major", "sample_major"])  # None: one task
+@pytest.mark.parametrize(("cls", "dims"), TASK_LAYERS)
+def test_low_precision_inputs_get_float32_statistics(cls, dims, layout, dtype, autocast):
+    torch.manual_seed(0)
+    layer = cls(4, TASKS)
+    randomise(layer)
+    refs = [bn.double() for bn in reference_bns(layer, dims)]
+    inputs = [(make_input(dims, 16) * 10 + 300).to(dtype) for _ in TASKS]  # sums overflow fp16
+    if layout is None:
+        x, route, expected = inputs[1], use_task(TASKS[1]), [refs[1](inputs[1].double())]
+    else:
+        x = torch.cat(inputs) if layout == "task_major" else torch.stack(inputs, 1).flatten(0, 1)
+        route = use_all_tasks(layout)
+        expected = [bn(i.double()) for bn, i in zip(refs, inputs, strict=True)]
+    with route, torch.autocast("cpu", dtype=dtype, enabled=autocast):
+        y = layer(x)
+    assert y.dtype == dtype
+    outputs = [y] if layout is None else unstack_tasks(y, len(TASKS), layout)
+    eps = torch.finfo(dtype).eps
+    for out, ref in zip(outputs, expected, strict=True):
+        torch.testing.assert_close(out.double(), ref, rtol=2 * eps, atol=2 * eps)
+    tasks = [1] if layout is None else range(len(TASKS))
+    for t in tasks:
+        torch.testing.assert_close(layer.running_mean[t], refs[t].running_mean.float())
+        torch.testing.assert_close(layer.running_var[t], refs[t].running_var.float())
+
+
+def test_sigma_batch_norm_loads_the_rni_codes_state_dict():
+    """The σBN of the RNI code (github.com/xapharius/receding-neuron-importances) is a
+    BatchNorm2d without bias whose ``weight`` holds the gate logits."""
+    torch.manual_seed(0)
+    rni = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        rni.weight.normal_()
+        rni.running_mean.normal_()
+    rni.bias = None
+    layer = SigmaBatchNorm2d(4)
+    layer.load_state_dict(rni.state_dict())
+    assert torch.equal(layer.gate_logit, rni.weight)
+    assert torch.equal(layer.running_mean, rni.running_mean)

@@ -67,7 +67,7 @@ def worker(rank: int, name: str, sync: bool, init_file: str, out_dir: str) -> No
             (y * loss_weights(y.shape)).sum().backward()
             outputs.append(y.detach())
             grads.append(x.grad)
-        weight_grad = layer.weight.grad.clone()
+        weight_grad = layer.affine_parameters()[0].grad.clone()
         dist.all_reduce(weight_grad)
         torch.save({"outputs": outputs, "grads": grads, "weight_grad": weight_grad,
                     "running_mean": layer.running_mean, "running_var": layer.running_var},
@@ -88,7 +88,7 @@ def single_process(name: str) -> dict:
         (rows * weights).sum().backward()
         outputs.append(rows.detach())
         grads.append(x.grad.view_as(batch))
-    return {"outputs": outputs, "grads": grads, "weight_grad": layer.weight.grad,
+    return {"outputs": outputs, "grads": grads, "weight_grad": layer.affine_parameters()[0].grad,
             "running_mean": layer.running_mean, "running_var": layer.running_var}
 
 
@@ -118,3 +118,47 @@ def test_without_sync_each_process_has_its_own_statistics(tmp_path):
     expected = single_process("tssigma2d")
     assert not torch.allclose(ranks[0]["running_var"], expected["running_var"])
     assert not torch.allclose(ranks[0]["running_mean"], ranks[1]["running_mean"])
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+LOW_PRECISION_LAYERS = ("tssigma2d", "sigma2d")
+
+
+def low_precision_batch(name: str, dtype: torch.dtype) -> torch.Tensor:
+    """One global batch whose per-channel sums (72 values near 1000) overflow float16."""
+    torch.manual_seed(1)
+    tasks = 1 if name == "sigma2d" else len(TASKS)
+    return (torch.randn(tasks, WORLD * N, 5, 3, 3) * 30 + 1000).to(dtype)
+
+
+def low_precision_worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    try:
+        results = {}
+        for name in LOW_PRECISION_LAYERS:
+            for dtype in LOW_PRECISION:
+                layer = set_sync_stats(make_layer(name))
+                y = run_step(layer, local_rows(low_precision_batch(name, dtype), rank))
+                results[name, str(dtype)] = (y.detach(), layer.running_mean, layer.running_var)
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_low_precision_statistics_are_reduced_in_float32(tmp_path):
+    mp.spawn(low_precision_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    for name in LOW_PRECISION_LAYERS:
+        for dtype in LOW_PRECISION:
+            batch = low_precision_batch(name, dtype)
+            reference = make_layer(name).double()  # one process, float64, same input values
+            expected = run_step(reference, batch.double().flatten(0, 1)).view(batch.shape)
+            eps = torch.finfo(dtype).eps
+            for rank, result in enumerate(ranks):
+                output, running_mean, running_var = result[name, str(dtype)]
+                assert output.dtype == dtype
+                torch.testing.assert_close(output.double(), local_rows(expected, rank).detach(),
+                                           rtol=2 * eps, atol=2 * eps)
+                torch.testing.assert_close(running_mean, reference.running_mean.float())
+                torch.testing.assert_close(running_var, reference.running_var.float())

@@ -14,7 +14,7 @@ def test_groups_split_norm_parameters_from_the_rest():
     groups = param_groups(model, lr=0.1, weight_decay=1e-4, norm_lr_mult=10,
                           norm_weight_decay=0.0)
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.1, 1e-4), (1.0, 0.0)]
-    norm_ids = {id(model[i].weight) for i in (1, 4)} | {id(model[2].weight), id(model[2].bias)}
+    norm_ids = {id(model[i].gate_logit) for i in (1, 4)} | {id(model[2].weight), id(model[2].bias)}
     assert {id(p) for p in groups[1]["params"]} == norm_ids
     everything = [id(p) for g in groups for p in g["params"]]
     assert sorted(everything) == sorted(id(p) for p in model.parameters())
@@ -28,11 +28,11 @@ def test_frozen_parameters_are_left_out_and_sgd_steps():
     ids = {id(p) for g in groups for p in g["params"]}
     assert id(model.conv1.weight) not in ids
     optimizer = torch.optim.SGD(groups, momentum=0.9)
-    before = model.bn1.weight.detach().clone()
+    before = model.bn1.gate_logit.detach().clone()
     with torch.no_grad():
-        model.bn1.weight.grad = torch.ones_like(model.bn1.weight)
+        model.bn1.gate_logit.grad = torch.ones_like(model.bn1.gate_logit)
     optimizer.step()
-    torch.testing.assert_close(model.bn1.weight.detach(), before - 1.0)  # lr 0.1 × mult 10
+    torch.testing.assert_close(model.bn1.gate_logit.detach(), before - 1.0)  # lr 0.1 × mult 10
 
 
 def test_model_without_norm_layers_gives_one_group():
@@ -71,7 +71,7 @@ def test_heads_get_their_multiplier_and_every_parameter_one_group():
         id(heads["b"][1].weight), id(heads["b"][1].bias)}
     assert {id(p) for p in by_name["heads"]["params"]} == {
         id(p) for m in (heads["a"], heads["b"][0], heads["b"][2]) for p in m.parameters()}
-    assert {id(p) for p in by_name["norm"]["params"]} == {id(backbone[1].weight)}
+    assert {id(p) for p in by_name["norm"]["params"]} == {id(backbone[1].gate_logit)}
     everything = [id(p) for g in groups for p in g["params"]]
     assert sorted(everything) == sorted(id(p) for p in model.parameters())
     assert len(everything) == len(set(everything))

@@ -1,3 +1,4 @@
+import re
 import threading
 
 import pytest
@@ -5,7 +6,14 @@ import torch
 
 from tasknorm.nn import (
     Route,
+    TaskBatchNorm1d,
     TaskBatchNorm2d,
+    TaskLayerNorm,
+    TaskLayerNorm2d,
+    TaskSigmaBatchNorm1d,
+    TaskSigmaBatchNorm2d,
+    TaskSigmaLayerNorm,
+    TaskSigmaLayerNorm2d,
     current_route,
     set_route,
     stack_tasks,
@@ -108,3 +116,44 @@ def test_unstack_and_route_errors():
         Route(None, "diagonal")
     with pytest.raises(ValueError, match="unknown layout"):
         stack_tasks(torch.zeros(2), 2, "diagonal")
+
+
+LAYERS = {  # class -> input shape of one task's batch
+    TaskBatchNorm1d: (2, 3), TaskBatchNorm2d: (2, 3, 2, 2), TaskSigmaBatchNorm1d: (2, 3, 4),
+    TaskSigmaBatchNorm2d: (2, 3, 2, 2), TaskLayerNorm: (2, 5, 3), TaskSigmaLayerNorm: (2, 3),
+    TaskLayerNorm2d: (2, 3, 2, 2), TaskSigmaLayerNorm2d: (2, 3, 2, 2),
+}
+
+
+@pytest.mark.parametrize("cls", list(LAYERS))
+@pytest.mark.parametrize("batch_tasks", [("a", "b", "c", "d"), ("b", "a"), ("a", "b", "c")])
+def test_an_all_tasks_batch_of_other_tasks_is_refused(cls, batch_tasks):
+    layer = cls(3, ["a", "b"])
+    before = {name: t.clone() for name, t in layer.state_dict().items() if name != "_extra_state"}
+    x = stack_tasks(torch.randn(LAYERS[cls]), len(batch_tasks))
+    expected = re.escape(f"has tasks ('a', 'b'), but the all-tasks batch holds {batch_tasks}")
+    with pytest.raises(ValueError, match=expected), use_all_tasks(tasks=batch_tasks):
+        layer(x)
+    for name, tensor in layer.state_dict().items():
+        assert name == "_extra_state" or torch.equal(tensor, before[name]), name
+    with use_all_tasks(tasks=["a", "b"]):
+        layer(stack_tasks(torch.randn(LAYERS[cls]), 2))
+
+
+def test_a_model_with_layers_for_fewer_tasks_is_refused():
+    model = torch.nn.Sequential(TaskBatchNorm2d(3, ["a", "b", "c", "d"]),
+                                TaskSigmaBatchNorm2d(3, ["a", "b"]))
+    with pytest.raises(ValueError, match="TaskSigmaBatchNorm2d has tasks"):
+        with use_all_tasks(tasks=["a", "b", "c", "d"]):
+            model(stack_tasks(torch.randn(2, 3, 2, 2), 4))
+    with pytest.raises(ValueError, match="but the all-tasks batch holds"):
+        set_route(model, Route(None, tasks=("a", "b", "c", "d")))
+    assert model[0].default_route is None
+
+
+def test_task_lists_of_routes_are_checked():
+    assert Route(None, tasks=["a", "b"]).tasks == ("a", "b")
+    with pytest.raises(ValueError, match="single task 'a' takes no tasks"):
+        Route("a", tasks=("a", "b"))
+    with pytest.raises(ValueError, match="duplicate task names"):
+        use_all_tasks(tasks=["a", "a"])

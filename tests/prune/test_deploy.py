@@ -72,7 +72,7 @@ def test_task_subnetwork_matches_the_task_with_its_unused_channels_masked():
     with torch.no_grad():
         for m in model.modules():
             if hasattr(m, "gate"):
-                m.weight.copy_(torch.randn_like(m.weight) * 3)
+                m.gate_logit.copy_(torch.randn_like(m.gate_logit) * 3)
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     sizes = {}

@@ -42,7 +42,7 @@ def test_shared_parameters_leave_out_task_specific_norms():
     backbone, _ = tiny_model()
     shared = shared_parameters(backbone)
     assert list(shared) == [f"features.{i}.weight" for i in (0, 3, 6, 9)]
-    gates = {id(m.weight) for m in backbone.modules() if isinstance(m, TaskSigmaBatchNorm2d)}
+    gates = {id(m.gate_logit) for m in backbone.modules() if isinstance(m, TaskSigmaBatchNorm2d)}
     assert gates and not gates & {id(p) for p in shared.values()}
 
 

@@ -112,7 +112,7 @@ class MultiTaskModel(nn.Module):
         if task is not None:
             with use_task(task):
                 return {task: self.heads[task](self.backbone(x))}
-        with use_all_tasks(self.layout):
+        with use_all_tasks(self.layout, names):
             stacked = self.backbone(stack_tasks(x, len(names), self.layout))
         features = unstack_tasks(stacked, len(names), self.layout)
         return {t: self.heads[t](f) for t, f in zip(names, features, strict=True)}

@@ -2,6 +2,8 @@
 model conversion, single-task extraction and optimizer parameter groups. Depends on torch only."""
 
 from tasknorm.nn.batchnorm import (
+    BatchNormStats,
+    SigmaBatchNorm,
     SigmaBatchNorm1d,
     SigmaBatchNorm2d,
     TaskBatchNorm1d,
@@ -50,8 +52,10 @@ __all__ = [
     "LAYOUTS",
     "NORM_LAYER_TYPES",
     "PRETRAINED_GATE_RANGE",
+    "BatchNormStats",
     "NormAct",
     "Route",
+    "SigmaBatchNorm",
     "SigmaBatchNorm1d",
     "SigmaBatchNorm2d",
     "SigmoidGated",

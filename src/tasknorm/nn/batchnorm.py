@@ -1,13 +1,15 @@
 """σBN, TSBN and TSσBN: batch normalization with a bounded scale and/or per-task parameters.
 
-* :class:`SigmaBatchNorm2d` (σBN, arXiv:2204.06404): ``sigmoid(weight) * x_hat``, no bias.
+* :class:`SigmaBatchNorm2d` (σBN, arXiv:2204.06404): ``sigmoid(gate_logit) * x_hat``, no bias.
 * :class:`TaskBatchNorm2d` (TSBN): per-task ``weight``, ``bias`` and running statistics.
 * :class:`TaskSigmaBatchNorm2d` (TSσBN, arXiv:2512.20420): per-task sigmoid gates and running
   statistics, no bias unless ``bias=True``.
 
 Per-task tensors have the task as their first dimension, e.g. ``weight`` is ``(T, C)`` and
 ``running_mean`` is ``(T, C)``. In all-tasks mode one ``batch_norm`` call normalises every task
-(see :func:`tasknorm.nn.functional.fold_tasks`). None of these classes derives from
+(see :func:`tasknorm.nn.functional.fold_tasks`). Float16 / bfloat16 inputs are normalised with
+float32 statistics (PyTorch's batch norm kernels accumulate in float32; the synchronised path
+upcasts) and the output has the input's dtype. None of these classes derives from
 ``torch.nn.modules.batchnorm._BatchNorm``, so ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``
 (and Lightning's ``sync_batchnorm=True``) cannot silently replace them with plain BatchNorm; use
 :func:`tasknorm.nn.set_sync_stats` to synchronise statistics across processes.
@@ -24,13 +26,20 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tasknorm.nn.functional import fold_tasks, sync_batch_norm, unfold_tasks, world_size
+from tasknorm.nn.functional import (
+    copy_affine_to_plain,
+    fold_tasks,
+    sync_batch_norm,
+    unfold_tasks,
+    world_size,
+)
 from tasknorm.nn.gates import SigmoidGated
 from tasknorm.nn.routing import Route, TaskRouted, validate_tasks
 
 
-class _BatchNormStats(nn.Module):
-    """Running statistics, momentum and the normalization call shared by all our BatchNorms.
+class BatchNormStats(nn.Module):
+    """Running statistics, momentum and the normalization call shared by all our BatchNorms
+    (the base class to test for: every σBN, TSBN and TSσBN layer is one).
 
     ``stats_shape`` is ``(C,)`` for σBN and ``(T, C)`` for the task-specific layers.
     """
@@ -109,17 +118,20 @@ class _BatchNormStats(nn.Module):
         return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor,
                             self.eps)
 
-    def _plain_batch_norm(self, scale: Tensor, shift: Tensor | None,
-                          index: int | EllipsisType) -> nn.Module:
-        """An ``nn.BatchNorm`` holding ``scale``, ``shift`` (zero if ``None``) and the running
-        statistics ``running_*[index]``."""
-        bn = self.plain_class(self.num_features, self.eps, self.momentum, affine=True,
-                              track_running_stats=self.track_running_stats,
-                              device=scale.device, dtype=scale.dtype)
-        with torch.no_grad():
-            bn.weight.copy_(scale)
-            bn.bias.copy_(shift if shift is not None else torch.zeros_like(scale))
-            if self.track_running_stats:
+    def _plain_batch_norm(self, scale: Tensor | None, shift: Tensor | None,
+                          index: int | EllipsisType,
+                          sources: tuple[Tensor | None, Tensor | None]) -> nn.Module:
+        """An ``nn.BatchNorm`` holding ``scale``, ``shift`` (zero if ``None``; no affine part if
+        ``scale`` is ``None``) and the running statistics ``running_*[index]``; ``sources``: see
+        :func:`~tasknorm.nn.functional.copy_affine_to_plain`."""
+        like = scale if scale is not None else self.running_mean
+        factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
+        bn = self.plain_class(self.num_features, self.eps, self.momentum,
+                              affine=scale is not None,
+                              track_running_stats=self.track_running_stats, **factory)
+        copy_affine_to_plain(bn, scale, shift, sources)
+        if self.track_running_stats:
+            with torch.no_grad():
                 bn.running_mean.copy_(self.running_mean[index])
                 bn.running_var.copy_(self.running_var[index])
                 bn.num_batches_tracked.copy_(self.num_batches_tracked[index])
@@ -145,8 +157,9 @@ def _common_count(counter: Tensor, layer: nn.Module) -> int:
     return int(counts)
 
 
-class _SigmaBatchNorm(SigmoidGated, _BatchNormStats):
-    """σBN: ``sigmoid(weight) * (x - mean) / sqrt(var + eps)``; no bias, scale in (0, 1)."""
+class SigmaBatchNorm(SigmoidGated, BatchNormStats):
+    """σBN, the base of :class:`SigmaBatchNorm1d` / ``2d``:
+    ``sigmoid(gate_logit) * (x - mean) / sqrt(var + eps)``; no bias, scale in (0, 1)."""
 
     def __init__(
         self,
@@ -165,12 +178,12 @@ class _SigmaBatchNorm(SigmoidGated, _BatchNormStats):
                          sync_stats, factory_kwargs)
         self.init_mean = init_mean
         self.init_std = init_std
-        self.weight = nn.Parameter(torch.empty(num_features, **factory_kwargs))
+        self.gate_logit = nn.Parameter(torch.empty(num_features, **factory_kwargs))
         self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Running statistics to (0, 1); raw gate weights to N(init_mean, init_std²)."""
+        """Running statistics to (0, 1); gate logits to N(init_mean, init_std²)."""
         self.reset_running_stats()
         self.reset_gates()
 
@@ -179,15 +192,15 @@ class _SigmaBatchNorm(SigmoidGated, _BatchNormStats):
         return self._normalize(x, self.gate, None, ...)
 
     def to_batch_norm(self) -> nn.Module:
-        """An ``nn.BatchNorm`` with weight ``sigmoid(self.weight)``, zero bias and these running
+        """An ``nn.BatchNorm`` with weight ``sigmoid(gate_logit)``, zero bias and these running
         statistics: the same function, for deployment or plain fine-tuning."""
-        return self._plain_batch_norm(self.gate, None, ...)
+        return self._plain_batch_norm(self.gate, None, ..., self.affine_parameters())
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, {self._stats_repr()}"
 
 
-class SigmaBatchNorm1d(_SigmaBatchNorm):
+class SigmaBatchNorm1d(SigmaBatchNorm):
     """σBN for ``(N, C)`` or ``(N, C, L)`` inputs.
 
     Example:
@@ -202,7 +215,7 @@ class SigmaBatchNorm1d(_SigmaBatchNorm):
     plain_class = nn.BatchNorm1d
 
 
-class SigmaBatchNorm2d(_SigmaBatchNorm):
+class SigmaBatchNorm2d(SigmaBatchNorm):
     """σBN for ``(N, C, H, W)`` inputs.
 
     Example:
@@ -216,7 +229,7 @@ class SigmaBatchNorm2d(_SigmaBatchNorm):
     expected_dims = (4,)
 
 
-class _TaskBatchNormBase(TaskRouted, _BatchNormStats):
+class _TaskBatchNormBase(TaskRouted, BatchNormStats):
     """Per-task running statistics plus per-task affine parameters given by :meth:`task_affine`."""
 
     def __init__(
@@ -237,8 +250,8 @@ class _TaskBatchNormBase(TaskRouted, _BatchNormStats):
     def single_task_module(self, task: str) -> nn.Module:
         index = self.task_index(Route(task))
         scale, shift = self.task_affine()
-        return self._plain_batch_norm(scale[index], None if shift is None else shift[index],
-                                      index)
+        return self._plain_batch_norm(_for_task(scale, index), _for_task(shift, index), index,
+                                      self.affine_parameters())
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -246,16 +259,24 @@ class _TaskBatchNormBase(TaskRouted, _BatchNormStats):
         task = self.task_index(route)
         scale, shift = self.task_affine()
         if task is not None:
-            return self._normalize(x, scale[task], None if shift is None else shift[task], task)
+            return self._normalize(x, _for_task(scale, task), _for_task(shift, task), task)
         self.tasks_per_batch(x.size(0))
         folded = fold_tasks(x, self.num_tasks, route.layout)
-        y = self._normalize(folded, scale.reshape(-1),
-                            None if shift is None else shift.reshape(-1), ...)
+        y = self._normalize(folded, _for_task(scale, None), _for_task(shift, None), ...)
         return unfold_tasks(y, self.num_tasks, route.layout)
 
 
+def _for_task(param: Tensor | None, task: int | None) -> Tensor | None:
+    """Row ``task`` of a per-task ``(T, C)`` affine tensor, or all rows flattened to match the
+    folded all-tasks channels (``task`` ``None``); ``None`` stays ``None``."""
+    if param is None:
+        return None
+    return param.reshape(-1) if task is None else param[task]
+
+
 class _TaskBatchNorm(_TaskBatchNormBase):
-    """TSBN: an independent BatchNorm (affine weight and bias, running statistics) per task."""
+    """TSBN: an independent BatchNorm (affine weight and bias, running statistics) per task;
+    ``affine=False`` keeps only the per-task statistics, as ``nn.BatchNorm2d(affine=False)``."""
 
     def __init__(
         self,
@@ -263,6 +284,7 @@ class _TaskBatchNorm(_TaskBatchNormBase):
         tasks: Sequence[str],
         eps: float = 1e-5,
         momentum: float | None = 0.1,
+        affine: bool = True,
         track_running_stats: bool = True,
         sync_stats: bool = False,
         device: torch.device | str | None = None,
@@ -271,22 +293,33 @@ class _TaskBatchNorm(_TaskBatchNormBase):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__(num_features, tasks, eps, momentum, track_running_stats, sync_stats,
                          factory_kwargs)
+        self.affine = affine
         shape = (self.num_tasks, num_features)
-        self.weight = nn.Parameter(torch.empty(shape, **factory_kwargs))
-        self.bias = nn.Parameter(torch.empty(shape, **factory_kwargs))
+        if affine:
+            self.weight = nn.Parameter(torch.empty(shape, **factory_kwargs))
+            self.bias = nn.Parameter(torch.empty(shape, **factory_kwargs))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Running statistics to (0, 1); every task's weight to 1 and bias to 0."""
         self.reset_running_stats()
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
 
-    def task_affine(self) -> tuple[Tensor, Tensor | None]:
+    def task_affine(self) -> tuple[Tensor | None, Tensor | None]:
+        return self.weight, self.bias
+
+    def affine_parameters(self) -> tuple[Tensor | None, Tensor | None]:
+        """The parameters behind :meth:`task_affine` (the same tensors)."""
         return self.weight, self.bias
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, tasks={self.tasks}, {self._stats_repr()}"
+        affine = "" if self.affine else ", affine=False"
+        return f"{self.num_features}, tasks={self.tasks}{affine}, {self._stats_repr()}"
 
 
 class TaskBatchNorm1d(_TaskBatchNorm):
@@ -316,7 +349,7 @@ class TaskBatchNorm2d(_TaskBatchNorm):
 
 
 class _TaskSigmaBatchNorm(SigmoidGated, _TaskBatchNormBase):
-    """TSσBN: per-task sigmoid gates ``sigmoid(weight[t])`` and per-task running statistics."""
+    """TSσBN: per-task sigmoid gates ``sigmoid(gate_logit[t])`` and per-task running statistics."""
 
     def __init__(
         self,
@@ -338,17 +371,14 @@ class _TaskSigmaBatchNorm(SigmoidGated, _TaskBatchNormBase):
         shape = (self.num_tasks, num_features)
         self.init_mean = init_mean
         self.init_std = init_std
-        self.weight = nn.Parameter(torch.empty(shape, **factory_kwargs))
+        self.gate_logit = nn.Parameter(torch.empty(shape, **factory_kwargs))
         self.bias = nn.Parameter(torch.empty(shape, **factory_kwargs)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Running statistics to (0, 1); raw gates to N(init_mean, init_std²); bias to 0."""
+        """Running statistics to (0, 1); gate logits to N(init_mean, init_std²); bias to 0."""
         self.reset_running_stats()
         self.reset_gates()
-
-    def task_affine(self) -> tuple[Tensor, Tensor | None]:
-        return self.gate, self.bias
 
     def extra_repr(self) -> str:
         bias = ", bias=True" if self.bias is not None else ""
@@ -363,8 +393,8 @@ class TaskSigmaBatchNorm1d(_TaskSigmaBatchNorm):
 
 
 class TaskSigmaBatchNorm2d(_TaskSigmaBatchNorm):
-    """TSσBN for ``(N, C, H, W)`` inputs: ``sigmoid(weight[t]) * x_hat_t`` with task ``t``'s own
-    statistics; ``bias=True`` adds a per-task shift.
+    """TSσBN for ``(N, C, H, W)`` inputs: ``sigmoid(gate_logit[t]) * x_hat_t`` with task
+    ``t``'s own statistics; ``bias=True`` adds a per-task shift.
 
     Example:
         >>> import torch

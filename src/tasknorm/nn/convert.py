@@ -2,28 +2,33 @@
 
 :func:`convert` replaces layers in place, copying running statistics and affine values into
 every task; :func:`extract_task` returns a copy with ordinary ``BatchNorm``/``LayerNorm`` layers
-holding one task's statistics and gates, for deployment.
+holding one task's statistics and gates, for deployment. Both build every new layer before
+changing anything (an unsupported layer leaves the model as it was), and a layer registered at
+several places in the model is replaced by one new layer, so tied layers stay tied.
 
 Layers converted: ``nn.BatchNorm1d``/``2d``, ``nn.SyncBatchNorm`` (as 2d, with synchronised
 statistics), timm's ``BatchNormAct2d`` and other BatchNorm subclasses that carry ``drop``/``act``
 (kept around the new norm in a :class:`~tasknorm.nn.NormAct`), ``nn.LayerNorm`` and its timm
 subclasses, and timm's channels-first ``LayerNorm2d`` family. ``GroupNorm``, ``InstanceNorm``,
-frozen BatchNorm and the norms of already-converted layers are left alone.
+frozen BatchNorm and the norms of already-converted layers are left alone. A source without
+affine parameters gives a TSBN / task LayerNorm without them (per-task statistics only); the σ
+kinds add their gates to it.
 
 Gate initialisation for the σ kinds (``gate_init``):
 
-* ``"normal"``: raw gates drawn from N(``init_mean``, ``init_std``²), independently per task;
+* ``"normal"``: gate logits drawn from N(``init_mean``, ``init_std``²), independently per task;
   for training from scratch. Running statistics are still copied. The default N(2, 1) starts
   gates at 0.84 on average, closer to BatchNorm's γ = 1 than the σBN code's N(0, 1) (gates
   around 0.5), which trains slower (measurements in ``docs/training.md``).
-* ``"pretrained"``: raw gate = ``logit(clamp(γ, 0.01, 0.99))`` of the source layer's weight γ, the
-  same for every task; for fine-tuning a pretrained backbone. A gate cannot exceed 1 or be
-  negative, and σ layers have no shift unless ``bias=True``, so the converted network differs from
-  the source until fine-tuned.
+* ``"pretrained"``: gate logit = ``logit(clamp(γ, 0.01, 0.99))`` of the source layer's weight
+  γ, the same for every task; for fine-tuning a pretrained backbone. A gate cannot exceed 1 or
+  be negative, and σ layers have no shift unless ``bias=True``, so the converted network differs
+  from the source until fine-tuned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -35,14 +40,14 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tasknorm.nn.batchnorm import (
+    BatchNormStats,
+    SigmaBatchNorm,
     SigmaBatchNorm1d,
     SigmaBatchNorm2d,
     TaskBatchNorm1d,
     TaskBatchNorm2d,
     TaskSigmaBatchNorm1d,
     TaskSigmaBatchNorm2d,
-    _BatchNormStats,
-    _SigmaBatchNorm,
 )
 from tasknorm.nn.layernorm import (
     TaskLayerNorm,
@@ -93,13 +98,18 @@ def convert(
         kind: ``"task_sigma"`` (TSσBN, default), ``"task"`` (TSBN) or ``"sigma"`` (σBN; converts
             BatchNorm only).
         gate_init: how σ gates start (see the module docstring); ignored for ``"task"``.
-        init_mean: mean of the raw gates with ``gate_init="normal"`` (the layers keep it for
+        init_mean: mean of the gate logits with ``gate_init="normal"`` (the layers keep it for
             ``reset_parameters``).
         init_std: their standard deviation.
         bias: give σ layers a (per-task) shift, initialised from the source's bias.
 
     Returns:
         The converted model.
+
+    Raises:
+        ValueError: a bad argument, no layer to convert, or a layer that cannot be converted
+            (e.g. ``BatchNorm3d``); every layer is checked before any is replaced, so ``model``
+            is then left as it was.
 
     Example:
         >>> import torchvision
@@ -132,7 +142,7 @@ def convert(
             converted.append(name)
         return new
 
-    model = _replace_modules(model, replace)
+    model = _replace_modules(model, replace)  # builds every new layer before replacing any
     if not converted:
         looked_for = "BatchNorm" if kind == "sigma" else "BatchNorm or LayerNorm"
         raise ValueError(f"{type(model).__name__} has no {looked_for} layer to convert")
@@ -145,8 +155,16 @@ def extract_task(model: nn.Module, task: str) -> nn.Module:
     Every task-specific layer becomes ``nn.BatchNorm1d``/``2d`` or ``nn.LayerNorm`` (timm's
     ``LayerNorm2d`` for channels-first ones) holding ``task``'s running statistics and its scale
     (``sigmoid`` of the gate for σ layers) and shift (zero where the layer has none); σBN layers
-    become ``BatchNorm`` the same way. In eval mode the copy computes exactly what ``model`` does
-    for ``task``, at the speed of a model that never had task-specific layers.
+    become ``BatchNorm`` the same way, and a :class:`~tasknorm.nn.NormAct` becomes the timm
+    norm-act class it replaced (e.g. ``BatchNormAct2d``) with its activation and dropout. The
+    new weights and biases keep the ``requires_grad`` of the parameters they come from. In eval
+    mode the copy computes exactly what ``model`` does for ``task``, at the speed of a model
+    that never had task-specific layers.
+
+    Raises:
+        ValueError: ``task`` is not a task of every task-specific layer, or ``model`` has none
+            (a model whose only tasknorm layers are shared σBN has no tasks: fold it into plain
+            BatchNorm with :func:`tasknorm.prune.to_plain`).
 
     Example:
         >>> import torch, torchvision
@@ -159,11 +177,15 @@ def extract_task(model: nn.Module, task: str) -> nn.Module:
         >>> torch.allclose(plain(x), expected, atol=1e-5)
         True
     """
-    layers = [m for m in model.modules() if isinstance(m, TaskRouted | _BatchNormStats)]
+    layers = [m for _, m in task_norm_layers(model)]
     if not layers:
+        if any(isinstance(m, BatchNormStats) for m in model.modules()):
+            raise ValueError(f"{type(model).__name__} has no task-specific layer, so no task "
+                             f"{task!r}; fold its σBN layers into plain BatchNorm with "
+                             "tasknorm.prune.to_plain(model)")
         raise ValueError(f"{type(model).__name__} has no tasknorm layer to extract a task from")
     for layer in layers:
-        if isinstance(layer, TaskRouted) and task not in layer.tasks:
+        if task not in layer.tasks:
             raise ValueError(f"unknown task {task!r}; expected one of {layer.tasks}")
     return _replace_modules(copy.deepcopy(model), lambda _, m: _single_task(m, task))
 
@@ -181,30 +203,49 @@ def set_sync_stats(model: nn.Module, enabled: bool = True,
     layer of ``model`` across the processes of ``process_group`` (default: all) in training.
 
     In all-tasks mode each task's statistics are reduced separately. Use this instead of
-    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, which does not know these layers.
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, which does not know these layers. A model
+    whose tasknorm layers are all LayerNorms has no batch statistics and is returned unchanged.
     """
-    layers = [m for m in model.modules() if isinstance(m, _BatchNormStats)]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no σBN / TSBN / TSσBN layer to synchronise")
-    for layer in layers:
+    if not any(isinstance(m, TaskRouted | BatchNormStats) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} has no tasknorm layer to synchronise")
+    for layer in (m for m in model.modules() if isinstance(m, BatchNormStats)):
         layer.sync_stats = enabled
         layer.process_group = process_group
     return model
 
 
-def _replace_modules(module: nn.Module,
-                     replace: Callable[[str, nn.Module], nn.Module | None],
-                     name: str = "") -> nn.Module:
-    """Depth-first: put ``replace(name, m)`` in place of every module for which it is not
-    ``None``, and do not descend into replaced modules."""
-    new = replace(name, module)
-    if new is not None:
-        return new
-    for child_name, child in module.named_children():
-        new_child = _replace_modules(child, replace, f"{name}.{child_name}" if name else child_name)
-        if new_child is not child:
-            setattr(module, child_name, new_child)
-    return module
+def _replace_modules(model: nn.Module,
+                     replace: Callable[[str, nn.Module], nn.Module | None]) -> nn.Module:
+    """Put ``replace(name, m)`` in place of every module ``m`` for which it is not ``None``,
+    without descending into replaced modules; returns the new root if the root was replaced.
+
+    Every replacement is built before the model is touched, so an error in ``replace`` leaves
+    the model as it was; a module registered at several places is replaced once, by one module.
+    """
+    new_of: dict[int, nn.Module] = {}
+    slots: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, child name, child)
+    seen: set[int] = set()
+    pending = [("", model)]
+    while pending:
+        name, module = pending.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        new = replace(name, module)
+        if new is not None:
+            new_of[id(module)] = new
+            continue
+        # not named_children(): it lists a child registered under two names only once
+        children = [(n, c) for n, c in module._modules.items() if c is not None]
+        slots.extend((module, child_name, child) for child_name, child in children)
+        pending.extend((f"{name}.{child_name}" if name else child_name, child)
+                       for child_name, child in reversed(children))
+    if id(model) in new_of:
+        return new_of[id(model)]
+    for parent, child_name, child in slots:
+        if id(child) in new_of:
+            setattr(parent, child_name, new_of[id(child)])
+    return model
 
 
 def _converted(name: str, module: nn.Module, kind: Kind, tasks: tuple[str, ...] | None,
@@ -218,7 +259,7 @@ def _converted(name: str, module: nn.Module, kind: Kind, tasks: tuple[str, ...] 
         return None
     new.train(module.training)
     if hasattr(module, "act") and hasattr(module, "drop"):
-        wrapper = NormAct(new, module.drop, module.act)
+        wrapper = NormAct(new, module.drop, module.act, plain_class=type(module))
         wrapper.training = module.training  # not .train(): drop and act keep their own modes
         return wrapper
     return new
@@ -240,7 +281,7 @@ def _convert_batch_norm(name: str, bn: _BatchNorm, kind: Kind, tasks: tuple[str,
     if kind == "sigma":
         new = cls(bn.num_features, **gates, **kwargs)
     elif kind == "task":
-        new = cls(bn.num_features, tasks, **kwargs)
+        new = cls(bn.num_features, tasks, affine=bn.affine, **kwargs)
     else:
         new = cls(bn.num_features, tasks, bias=bias, **gates, **kwargs)
     with torch.no_grad():
@@ -254,12 +295,14 @@ def _convert_batch_norm(name: str, bn: _BatchNorm, kind: Kind, tasks: tuple[str,
 
 def _convert_layer_norm(ln: nn.LayerNorm, kind: Kind, tasks: tuple[str, ...] | None,
                         gate_init: GateInit, gates: dict[str, float], bias: bool) -> nn.Module:
-    channels_first = isinstance(ln, _timm_channels_first_layer_norms())
+    channels_first = isinstance(ln, _channels_first_layer_norms())
     cls = _LAYER_NORM_CLASSES[kind][channels_first]
-    has_bias = ln.bias is not None if kind == "task" else bias
     shape = ln.normalized_shape[0] if channels_first else ln.normalized_shape
-    extra = gates if kind == "task_sigma" else {}
-    new = cls(shape, tasks, eps=ln.eps, bias=has_bias, **extra, **_factory_kwargs(ln))
+    if kind == "task":
+        extra = {"elementwise_affine": ln.weight is not None, "bias": ln.bias is not None}
+    else:
+        extra = {"bias": bias, **gates}
+    new = cls(shape, tasks, eps=ln.eps, **extra, **_factory_kwargs(ln))
     with torch.no_grad():
         _copy_affine(new, ln.weight, ln.bias, kind, gate_init)
     return new
@@ -267,25 +310,29 @@ def _convert_layer_norm(ln: nn.LayerNorm, kind: Kind, tasks: tuple[str, ...] | N
 
 def _copy_affine(new: nn.Module, weight: Tensor | None, bias: Tensor | None, kind: Kind,
                  gate_init: GateInit) -> None:
-    """Copy a source layer's affine weight and bias into every task of ``new`` (in no_grad)."""
+    """Copy a source layer's affine weight and bias into every task of ``new`` (in no_grad),
+    with their ``requires_grad``."""
+    scale, shift = new.affine_parameters()
     if kind == "task":
         if weight is not None:
-            new.weight.copy_(weight.expand_as(new.weight))
+            scale.copy_(weight.expand_as(scale))
     elif gate_init == "pretrained":
-        gamma = weight if weight is not None else torch.ones_like(new.weight)
-        new.weight.copy_(torch.logit(gamma.clamp(*PRETRAINED_GATE_RANGE)).expand_as(new.weight))
-    if bias is not None and getattr(new, "bias", None) is not None:
-        new.bias.copy_(bias.expand_as(new.bias))
+        gamma = weight if weight is not None else torch.ones_like(scale)
+        scale.copy_(torch.logit(gamma.clamp(*PRETRAINED_GATE_RANGE)).expand_as(scale))
     if weight is not None:
-        new.weight.requires_grad_(weight.requires_grad)
-    if bias is not None and getattr(new, "bias", None) is not None:
-        new.bias.requires_grad_(bias.requires_grad)
+        scale.requires_grad_(weight.requires_grad)
+    if bias is not None and shift is not None:
+        shift.copy_(bias.expand_as(shift))
+        shift.requires_grad_(bias.requires_grad)
 
 
 def _single_task(module: nn.Module, task: str) -> nn.Module | None:
+    if isinstance(module, NormAct):
+        norm = _single_task(module.norm, task)
+        return None if norm is None else module.plain_module(norm)
     if isinstance(module, TaskRouted):
         return module.single_task_module(task)
-    if isinstance(module, _SigmaBatchNorm):
+    if isinstance(module, SigmaBatchNorm):
         return module.to_batch_norm()
     return None
 
@@ -300,11 +347,17 @@ def _factory_kwargs(module: nn.Module) -> dict[str, torch.device | torch.dtype]:
 
 
 @cache
-def _timm_channels_first_layer_norms() -> tuple[type[nn.Module], ...]:
-    """timm's LayerNorm subclasses that normalise dim 1 of NCHW tensors (none without timm)."""
-    try:
+def _channels_first_layer_norms() -> tuple[type[nn.Module], ...]:
+    """LayerNorm subclasses that normalise dim 1 of NCHW tensors: torchvision's ConvNeXt
+    ``LayerNorm2d`` and timm's family (those of libraries that are installed)."""
+    found: list[type[nn.Module]] = []
+    with contextlib.suppress(ImportError):
+        from torchvision.models.convnext import LayerNorm2d
+
+        found.append(LayerNorm2d)
+    with contextlib.suppress(ImportError):
         from timm import layers
-    except ImportError:
-        return ()
-    names = ("LayerNorm2d", "LayerNormAct2d", "LayerNorm2dFp32", "LayerNormAct2dFp32")
-    return tuple(getattr(layers, n) for n in names if hasattr(layers, n))
+
+        names = ("LayerNorm2d", "LayerNormAct2d", "LayerNorm2dFp32", "LayerNormAct2dFp32")
+        found += [getattr(layers, n) for n in names if hasattr(layers, n)]
+    return tuple(found)

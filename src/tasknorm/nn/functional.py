@@ -1,5 +1,6 @@
-"""Tensor operations behind the task-specific layers: folding tasks into channels and a batch
-norm whose statistics are reduced across processes.
+"""Tensor operations behind the task-specific layers: folding tasks into channels, a batch
+norm whose statistics are reduced across processes, float32 statistics for low-precision inputs
+and copying a task's affine values into an ordinary norm layer.
 
 Folding: an all-tasks batch of ``T`` task copies, shape ``(T*N, C, *S)``, becomes ``(N, T*C, *S)``
 with channel ``t*C + c`` holding task ``t``'s channel ``c``. One ordinary ``batch_norm`` call on
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from tasknorm.nn.routing import Layout
 
@@ -48,8 +49,12 @@ def sync_batch_norm(
     Equal to ``F.batch_norm`` on the concatenation of all processes' batches, gradients included
     (the reductions are differentiable). ``torch.nn.SyncBatchNorm`` runs on GPUs only; this one
     runs on any backend (gloo on CPU, NCCL on CUDA). Running statistics are updated in place
-    with the unbiased variance, as ``F.batch_norm`` does.
+    with the unbiased variance, as ``F.batch_norm`` does. Float16 / bfloat16 inputs are
+    normalised in float32 (their sums would overflow or round away) and the output is cast back
+    to the input's dtype.
     """
+    dtype = x.dtype
+    x = float32_at_least(x)
     channels = x.size(1)
     dims = [0, *range(2, x.dim())]
     shape = (1, channels) + (1,) * (x.dim() - 2)
@@ -69,7 +74,36 @@ def sync_batch_norm(
         out = out * weight.view(shape)
     if bias is not None:
         out = out + bias.view(shape)
-    return out
+    return out.to(dtype)
+
+
+def float32_at_least(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is float16 / bfloat16, else unchanged (no copy): normalization
+    statistics of low-precision activations are computed in float32, as in
+    ``torch.nn.SyncBatchNorm`` and timm's ``LayerNormFp32``."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def copy_affine_to_plain(plain: nn.Module, scale: Tensor | None, shift: Tensor | None,
+                sources: tuple[Tensor | None, Tensor | None]) -> None:
+    """Copy a task's ``scale`` and ``shift`` (zero where ``None``) into the weight and bias of
+    ``plain``, an ordinary norm layer (nothing to copy if it has no weight).
+
+    ``sources`` are the parameters ``scale`` and ``shift`` come from (for a σ layer, the gate
+    logits rather than the gate): the weight and bias take their ``requires_grad``, so frozen
+    parameters stay frozen; a bias without a source shift follows the scale.
+    """
+    if plain.weight is None or scale is None:
+        return
+    scale_source, shift_source = sources
+    with torch.no_grad():
+        plain.weight.copy_(scale)
+        if plain.bias is not None:
+            plain.bias.copy_(shift if shift is not None else torch.zeros_like(scale))
+    plain.weight.requires_grad_(scale_source.requires_grad)
+    if plain.bias is not None:
+        plain.bias.requires_grad_((shift_source if shift_source is not None
+                                   else scale_source).requires_grad)
 
 
 def world_size(group: dist.ProcessGroup | None = None) -> int:

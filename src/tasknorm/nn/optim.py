@@ -10,11 +10,11 @@ from typing import Any
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from tasknorm.nn.batchnorm import _BatchNormStats
+from tasknorm.nn.batchnorm import BatchNormStats
 from tasknorm.nn.layernorm import _TaskLayerNormBase
 
 NORM_LAYER_TYPES: tuple[type[nn.Module], ...] = (
-    _NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, _BatchNormStats, _TaskLayerNormBase,
+    _NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, BatchNormStats, _TaskLayerNormBase,
 )
 """Modules whose own parameters count as normalization parameters (BatchNorm, InstanceNorm,
 LayerNorm, GroupNorm, RMSNorm and their subclasses, and every tasknorm layer)."""

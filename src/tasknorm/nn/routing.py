@@ -35,14 +35,24 @@ class Route:
     Args:
         task: the task's name, or ``None`` for all tasks of each layer in one batched pass.
         layout: how the task copies are stacked along the batch in all-tasks mode.
+        tasks: in all-tasks mode, the tasks stacked in the batch, in order; every task-specific
+            layer the batch reaches must have exactly these tasks, so that a layer built for
+            other tasks fails instead of normalising several tasks jointly. ``None``: each layer
+            takes the batch to hold its own tasks.
     """
 
     task: str | None = None
     layout: Layout = "task_major"
+    tasks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}; expected one of {LAYOUTS}")
+        if self.tasks is not None:
+            if self.task is not None:
+                raise ValueError(f"a route for the single task {self.task!r} takes no tasks; "
+                                 "tasks names the tasks of an all-tasks batch")
+            object.__setattr__(self, "tasks", validate_tasks(self.tasks))
 
     @property
     def all_tasks(self) -> bool:
@@ -82,8 +92,14 @@ def use_task(task: str) -> AbstractContextManager[Route]:
     return use_route(Route(task=task))
 
 
-def use_all_tasks(layout: Layout = "task_major") -> AbstractContextManager[Route]:
+def use_all_tasks(layout: Layout = "task_major",
+                  tasks: Sequence[str] | None = None) -> AbstractContextManager[Route]:
     """Run the enclosed forward passes for all tasks at once, on a batch stacked in ``layout``.
+
+    With ``tasks`` (the tasks stacked in the batch, in order), every task-specific layer checks
+    that it was built for exactly these tasks: a layer built for fewer, more or reordered tasks
+    raises ``ValueError`` instead of normalising rows of several tasks together. Without it, each
+    layer takes the batch to hold its own tasks.
 
     Example:
         >>> import torch
@@ -94,8 +110,14 @@ def use_all_tasks(layout: Layout = "task_major") -> AbstractContextManager[Route
         ...     y = bn(stack_tasks(x, 2))
         >>> [t.shape for t in unstack_tasks(y, 2)]
         [torch.Size([4, 3, 8, 8]), torch.Size([4, 3, 8, 8])]
+        >>> with use_all_tasks(tasks=["seg", "depth", "normal"]):
+        ...     bn(stack_tasks(x, 3))
+        Traceback (most recent call last):
+        ...
+        ValueError: TaskSigmaBatchNorm2d has tasks ('seg', 'depth'), but the all-tasks batch ...
     """
-    return use_route(Route(task=None, layout=layout))
+    return use_route(Route(task=None, layout=layout,
+                           tasks=None if tasks is None else validate_tasks(tasks)))
 
 
 def set_route(model: nn.Module, route: Route | str | None) -> nn.Module:
@@ -146,8 +168,12 @@ class TaskRouted(nn.Module, ABC):
         return route
 
     def task_index(self, route: Route) -> int | None:
-        """Index of ``route``'s task in :attr:`tasks` (``None`` in all-tasks mode)."""
+        """Index of ``route``'s task in :attr:`tasks` (``None`` in all-tasks mode, after checking
+        that the batch holds this layer's tasks when the route names them)."""
         if route.task is None:
+            if route.tasks is not None and route.tasks != self.tasks:
+                raise ValueError(f"{type(self).__name__} has tasks {self.tasks}, but the "
+                                 f"all-tasks batch holds {route.tasks}")
             return None
         try:
             return self.tasks.index(route.task)
@@ -155,9 +181,14 @@ class TaskRouted(nn.Module, ABC):
             raise ValueError(f"unknown task {route.task!r}; expected one of {self.tasks}") from None
 
     @abstractmethod
-    def task_affine(self) -> tuple[Tensor, Tensor | None]:
+    def task_affine(self) -> tuple[Tensor | None, Tensor | None]:
         """Per-task scale and shift applied after normalization, each with the task as first
-        dimension (the shift may be ``None``)."""
+        dimension (``None`` where the layer has none)."""
+
+    @abstractmethod
+    def affine_parameters(self) -> tuple[Tensor | None, Tensor | None]:
+        """The parameters behind :meth:`task_affine` (for σ layers the gate logits, not the
+        gates); a single-task module keeps their ``requires_grad``."""
 
     @abstractmethod
     def single_task_module(self, task: str) -> nn.Module:

@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from tasknorm.io import atomic_write
-from tasknorm.nn.batchnorm import _SigmaBatchNorm
+from tasknorm.nn import NormAct, SigmaBatchNorm
 
 
 def to_plain(model: nn.Module) -> nn.Module:
-    """Replace every σBN of ``model`` (in place) by an equivalent ``nn.BatchNorm``.
+    """Replace every σBN of ``model`` (in place) by an equivalent ``nn.BatchNorm`` (a converted
+    timm norm-act layer by its timm class again).
 
     Example:
         >>> import torch
@@ -33,8 +34,10 @@ def to_plain(model: nn.Module) -> nn.Module:
         >>> torch.allclose(plain(x), expected, atol=1e-6), type(plain.features[1]).__name__
         (True, 'BatchNorm2d')
     """
-    if isinstance(model, _SigmaBatchNorm):
+    if isinstance(model, SigmaBatchNorm):
         return model.to_batch_norm()
+    if isinstance(model, NormAct) and isinstance(model.norm, SigmaBatchNorm):
+        return model.plain_module(model.norm.to_batch_norm())  # e.g. timm's BatchNormAct2d
     for name, child in model.named_children():
         new = to_plain(child)
         if new is not child:

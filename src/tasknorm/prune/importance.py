@@ -12,10 +12,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tasknorm.nn import SigmoidGated, TaskRouted
-from tasknorm.nn.batchnorm import _BatchNormStats
+from tasknorm.nn import BatchNormStats, SigmoidGated, TaskRouted
 
-NORM_TYPES = (_BatchNorm, _BatchNormStats)
+NORM_TYPES = (_BatchNorm, BatchNormStats)
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -32,7 +31,7 @@ def channel_importance(layer: nn.Module, task: str | None = None) -> Tensor:
         >>> from tasknorm.nn import SigmaBatchNorm2d
         >>> from tasknorm.prune import channel_importance
         >>> bn = SigmaBatchNorm2d(3)
-        >>> _ = bn.weight.data.copy_(torch.tensor([-4.0, 0.0, 4.0]))
+        >>> _ = bn.gate_logit.data.copy_(torch.tensor([-4.0, 0.0, 4.0]))
         >>> channel_importance(bn)
         tensor([0.0180, 0.5000, 0.9820])
     """

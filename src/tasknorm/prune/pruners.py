@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from tasknorm.nn import (
+    BatchNormStats,
     SigmaBatchNorm1d,
     SigmaBatchNorm2d,
     TaskBatchNorm1d,
@@ -25,7 +26,6 @@ from tasknorm.nn import (
     TaskSigmaBatchNorm1d,
     TaskSigmaBatchNorm2d,
 )
-from tasknorm.nn.batchnorm import _BatchNormStats
 
 TASKNORM_BATCH_NORMS: tuple[type[nn.Module], ...] = (
     SigmaBatchNorm1d, SigmaBatchNorm2d, TaskBatchNorm1d, TaskBatchNorm2d, TaskSigmaBatchNorm1d,
@@ -36,14 +36,14 @@ TASKNORM_BATCH_NORMS: tuple[type[nn.Module], ...] = (
 class TaskNormPruner(tp.pruner.BasePruningFunc):
     """Removes channels of a σBN / TSBN / TSσBN layer (input and output channels coincide)."""
 
-    TARGET_MODULES = (_BatchNormStats,)
+    TARGET_MODULES = (BatchNormStats,)
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
         removed = set(int(i) for i in idxs)
         keep = torch.tensor([i for i in range(layer.num_features) if i not in removed],
                             dtype=torch.long)
         layer.num_features = len(keep)
-        for name in ("weight", "bias"):
+        for name in ("weight", "gate_logit", "bias"):
             param = getattr(layer, name, None)
             if param is not None:
                 setattr(layer, name, self._prune_parameter_and_grad(param, keep.tolist(),

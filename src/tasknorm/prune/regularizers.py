@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tasknorm.nn import SigmoidGated
-from tasknorm.nn.batchnorm import _BatchNormStats
+from tasknorm.nn import BatchNormStats, SigmoidGated
 
 Regularizer = Callable[[nn.Module], Tensor]
 
@@ -27,7 +26,7 @@ Regularizer = Callable[[nn.Module], Tensor]
 def sigma_norm_layers(model: nn.Module) -> list[nn.Module]:
     """Every σBN / TSσBN layer of ``model`` (BatchNorms whose scale is a sigmoid gate)."""
     return [m for m in model.modules() if isinstance(m, SigmoidGated)
-            and isinstance(m, _BatchNormStats)]
+            and isinstance(m, BatchNormStats)]
 
 
 def receding_importance_penalty(model: nn.Module, strength: float = 1e-4,
@@ -44,7 +43,7 @@ def receding_importance_penalty(model: nn.Module, strength: float = 1e-4,
         >>> model = vgg16(norm="sigma")
         >>> penalty = receding_importance_penalty(model, strength=1e-3, offset=3.0)
         >>> penalty.backward()
-        >>> bool(all((layer.weight.grad >= 0).all() for layer in model.modules()
+        >>> bool(all((layer.gate_logit.grad >= 0).all() for layer in model.modules()
         ...          if hasattr(layer, "gate")))
         True
     """
@@ -52,7 +51,7 @@ def receding_importance_penalty(model: nn.Module, strength: float = 1e-4,
     if not layers:
         raise ValueError(f"{type(model).__name__} has no σBN / TSσBN layer; the RNI penalty "
                          "needs sigmoid-gated norms (tasknorm.nn.convert(model, kind='sigma'))")
-    raw = torch.cat([layer.weight.reshape(-1) for layer in layers]) + offset
+    raw = torch.cat([layer.gate_logit.reshape(-1) for layer in layers]) + offset
     # w (1 - ln w) with ln w = logsigmoid(raw), stable for very negative raw gates
     return strength * (torch.sigmoid(raw) * (1 - F.logsigmoid(raw))).sum()
 

@@ -8,6 +8,9 @@ norm layers in the group, reduced by maximum (a channel of a residual stream is 
 when no layer writing to it uses it). :func:`plan_pruning` pools the scores of all prunable units
 and cuts at one quantile (``mode="global"``, RNI / slimming) or cuts every unit at the same
 ratio (``mode="layer"``, the uniform baseline); at least ``min_keep`` channels survive per unit.
+A unit holding a grouped convolution (ResNeXt, RegNet) with ``g`` groups is cut in ``g`` equal
+blocks: the same positions are removed from every block, so that every group keeps the same
+width, and a position's score is its mean over the blocks (as Torch-Pruning's ``MetaPruner``).
 :func:`apply_plan` removes the channels; :func:`mask_plan` instead zeroes the pruned channels'
 norm outputs in the unpruned model (the same function, used to check the surgery).
 """
@@ -15,6 +18,7 @@ norm outputs in the unpruned model (the same function, used to check the surgery
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +45,10 @@ class PruneUnit:
     scores: Tensor
     pruned: list[int] = field(default_factory=list)
     """root channel indices to remove."""
+    groups: int = 1
+    """the channels form ``groups`` equal contiguous blocks (a grouped convolution is in the
+    unit); the same positions are removed from every block, and ``scores`` holds each
+    position's mean over the blocks."""
 
     @property
     def kept(self) -> int:
@@ -111,6 +119,9 @@ def prune_units(model: nn.Module, graph: tp.DependencyGraph,
     for group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)):
         root = group[0].dep.target.module
         channels = len(group[0].idxs)
+        groups = _unit_groups(graph, group, channels)
+        if groups is None:
+            continue
         members: dict[str, list[int]] = {}
         scores = torch.full((channels,), float("-inf"))
         for item in group:
@@ -134,13 +145,36 @@ def prune_units(model: nn.Module, graph: tp.DependencyGraph,
             continue
         # root channels without a norm (partial concat coverage) are never removed
         scores[torch.isinf(scores)] = float("inf")
-        units.append(PruneUnit(names[root], channels, members, scores))
+        scores = scores.view(groups, -1).mean(dim=0).repeat(groups)
+        units.append(PruneUnit(names[root], channels, members, scores, groups=groups))
     order = {name: i for i, name in enumerate(names.values())}
     units.sort(key=lambda u: order[u.root])
     if not units:
         raise ValueError(f"{type(model).__name__} has no prunable group of channels with a "
                          "norm layer")
     return units
+
+
+def _unit_groups(graph: tp.DependencyGraph, group: tp.Group, channels: int) -> int | None:
+    """Number of equal blocks a unit's channels must keep: the least common multiple of the
+    group counts of its grouped layers (a depthwise conv is pruned group by group and imposes
+    none), or ``None`` when a grouped layer's channels are not exactly the root's channels in the
+    same order (behind a concatenation, say) and no block structure can be kept."""
+    blocks = 1
+    for item in group:
+        module = item.dep.target.module
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None or tp.ops.module2type(module) == tp.ops.OPTYPE.DEPTHWISE_CONV:
+            continue
+        out = graph.is_out_channel_pruning_fn(item.dep.handler)
+        count = (pruner.get_out_channel_groups if out else pruner.get_in_channel_groups)(module)
+        if count == 1:
+            continue
+        width = (pruner.get_out_channels if out else pruner.get_in_channels)(module)
+        if width != channels or len(item.idxs) != channels or item.idxs != item.root_idxs:
+            return None
+        blocks = math.lcm(blocks, count)
+    return blocks
 
 
 def _select(units: Sequence[PruneUnit], ratio: float, mode: Mode, min_keep: int,
@@ -163,13 +197,16 @@ def _select(units: Sequence[PruneUnit], ratio: float, mode: Mode, min_keep: int,
 def _pruned_indices(unit: PruneUnit, keep: Tensor, min_keep: int, round_to: int | None
                     ) -> list[int]:
     """Channels not in ``keep``, after raising the kept count to ``min_keep`` and then to a
-    multiple of ``round_to`` (keeping the highest scores)."""
+    multiple of ``round_to`` and of the unit's ``groups`` (keeping the highest-scoring
+    positions of every block)."""
+    step = math.lcm(round_to or 1, unit.groups)
     count = max(int(keep.sum()), min(min_keep, unit.channels))
-    if round_to:
-        count = min(unit.channels, -(-count // round_to) * round_to)
+    count = min(unit.channels, -(-count // step) * step)
     if count != int(keep.sum()):
-        keep = torch.zeros_like(keep)
-        keep[torch.topk(unit.scores, count).indices] = True
+        positions = unit.scores.view(unit.groups, -1)[0]
+        kept = torch.zeros_like(positions, dtype=torch.bool)
+        kept[torch.topk(positions, count // unit.groups).indices] = True
+        keep = kept.repeat(unit.groups)
     return torch.nonzero(~keep).flatten().tolist()
 
 
@@ -183,7 +220,8 @@ def plan_pruning(model: nn.Module, example_inputs: Any, ratio: float, *,
     Channels whose score is strictly above the quantile are kept (``numpy.quantile``-style
     linear interpolation); a unit left with fewer than ``min_keep`` keeps its top ``min_keep``;
     with ``round_to`` every unit keeps a multiple of it (fast kernels on CPU/GPU prefer channel
-    counts that are multiples of 8 or 16). ``ratio=0`` removes nothing.
+    counts that are multiples of 8 or 16); a unit with a grouped convolution keeps a multiple of
+    its ``groups``, the same positions in each group. ``ratio=0`` removes nothing.
 
     Example:
         >>> import torch
@@ -228,6 +266,8 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: PruningPlan, *,
     original). Norm layers keep their type: a pruned σBN model stays a σBN model for fine-tuning;
     :func:`tasknorm.prune.to_plain` turns it into ordinary BatchNorm for deployment.
     """
+    for unit in plan.units:
+        _check_blocks(unit)
     graph = build_graph(model, example_inputs, task=task)
     for unit in plan.units:
         if not unit.pruned:
@@ -240,6 +280,19 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: PruningPlan, *,
                                f"{unit.root!r} would empty a layer")
         group.prune()
     return model
+
+
+def _check_blocks(unit: PruneUnit) -> None:
+    """Refuse a grouped unit whose blocks would lose different positions (Torch-Pruning slices
+    a grouped conv's inputs by the first block's positions, so the result would be wrong)."""
+    if unit.groups == 1:
+        return
+    removed = torch.zeros(unit.channels, dtype=torch.bool)
+    removed[list(unit.pruned)] = True
+    blocks = removed.view(unit.groups, -1)
+    if not (blocks == blocks[0]).all():
+        raise ValueError(f"unit {unit.root!r}: pruned channels must be the same positions in "
+                         f"each of its {unit.groups} blocks of {unit.channels // unit.groups}")
 
 
 def prune_model(model: nn.Module, example_inputs: Any, ratio: float, **kwargs: Any

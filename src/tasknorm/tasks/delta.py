@@ -2,11 +2,14 @@
 
 For every metric m of task t with multi-task value M and single-task value B,
 ``gain = ±(M − B) / B`` with ``+`` when higher is better, so a positive gain is an improvement.
-The gains are then averaged in one of three ways (``shared/reference/metrics.md`` §5):
+The gains are then averaged in one of three ways, as the public codebases do:
 
-* ``"task"``: average within each task, then over tasks (LibMTL's Δp).
-* ``"metric"``: one average over all metrics of all tasks (CAGrad / Nash-MTL / FAMO Δm).
-* ``"primary"``: one primary metric per task, averaged over tasks (Maninis / Vandenhende).
+* ``"task"``: average within each task, then over tasks (LibMTL's Δp,
+  github.com/median-research-group/LibMTL ``LibMTL/utils.py`` ``count_improvement``).
+* ``"metric"``: one average over all metrics of all tasks (CAGrad / Nash-MTL / FAMO Δm,
+  github.com/AvivNavon/nash-mtl ``experiments/nyuv2/utils.py`` ``delta_fn``).
+* ``"primary"``: one primary metric per task, averaged over tasks (Maninis / Vandenhende,
+  github.com/SimonVandenhende/Multi-Task-Learning-PyTorch ``evaluation/evaluate_utils.py``).
 
 Results are in percent. ``positive="better"`` (default) reports improvements as positive numbers;
 ``positive="worse"`` flips the sign to match tables where "lower Δm is better".
