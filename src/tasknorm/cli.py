@@ -10,10 +10,15 @@
   :mod:`tasknorm.prune.command`.
 * ``tasknorm analyze CKPT``: gate and gradient analysis report, see
   :mod:`tasknorm.analysis.command`.
+
+Every subcommand reports an error in one line with exit status 2 (usage error) or 1 (failed
+run), see :mod:`tasknorm.errors`.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -24,11 +29,17 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from tasknorm.errors import DEBUG_FLAG, UsageError, run_command
 from tasknorm.io import write_json
 from tasknorm.train import MultiTaskModule
 
 CONFIGS = files("tasknorm") / "configs"
 DEFAULT_CONFIG = str(CONFIGS / "multidigits.yaml")
+SPECIAL_CHECKPOINTS = ("last", "best", "hpc")
+"""``--ckpt_path`` values that Lightning resolves to a file itself."""
+DATA_LOCATION = ("root", "cache_dir", "num_workers")
+"""Data options that say where and how the data is read, not what it is: a checkpoint may be
+used with other values."""
 
 
 def packaged_configs() -> list[str]:
@@ -44,7 +55,7 @@ def resolve_config(value: str) -> str:
     name = value.removesuffix(".yaml")
     if name in packaged_configs():
         return str(CONFIGS / f"{name}.yaml")
-    raise SystemExit(f"tasknorm: config {value!r} is neither a file nor a packaged config "
+    raise UsageError(f"config {value!r} is neither a file nor a packaged config "
                      f"({', '.join(packaged_configs())})")
 
 
@@ -94,11 +105,57 @@ class TasknormCLI(LightningCLI):
                  quiet: bool = False) -> None:
         self.quiet = quiet
         self.results: dict[str, Any] = {}
+        # parse errors are raised (and reported in one line by tasknorm.errors), not printed
+        # with the usage text
+        raising = {"exit_on_error": False}
         super().__init__(
-            MultiTaskModule, L.LightningDataModule, subclass_mode_data=True, args=args, run=run)
+            MultiTaskModule, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
+            parser_kwargs={**raising, **{name: raising for name in self.subcommands()}})
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything is built: a readable tasknorm checkpoint
+        written with the model and data options of this command line
+        (:func:`checkpoint_differences`). (LightningCLI's own method would silently replace the
+        command line's model options by the checkpoint's.)"""
+        from tasknorm.analysis.checkpoint import read_checkpoint
+
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or path in SPECIAL_CHECKPOINTS or str(path).startswith("registry"):
+            return
+        checkpoint = read_checkpoint(path)
+        self._dump_config()
+        differences = checkpoint_differences(checkpoint, self.config_dump)
+        if differences:
+            raise UsageError(f"checkpoint {path} was written with other options than this "
+                             f"command line's: {'; '.join(differences)}. Give the options of "
+                             "its run (its config.yaml) or start a new run without --ckpt_path")
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse LightningCLI's ``--optimizer`` and ``--lr_scheduler``: they would replace
+        :meth:`MultiTaskModule.configure_optimizers` and drop its parameter groups."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        given = [f"--{key}" for key in ("optimizer", "lr_scheduler") if config.get(key)]
+        if given:
+            raise UsageError(f"{' and '.join(given)} would train every parameter alike, "
+                             "dropping the norm and heads parameter groups; use the model's "
+                             "options instead: --model.optimizer (sgd or adam), --model.lr, "
+                             "--model.momentum, --model.weight_decay, --model.norm_lr_mult, "
+                             "--model.norm_weight_decay, --model.heads_lr_mult and "
+                             "--model.scheduler (cosine, poly, step or none)")
+
+    def before_fit(self) -> None:
+        """Check, before any data is read, that every callback's monitored metric is one the
+        module logs (Lightning would find out after the first epoch)."""
+        logged = self.model.monitorable_metrics()
+        for callback in self.trainer.callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if monitor is not None and monitor not in logged:
+                raise UsageError(f"{type(callback).__name__} monitors {monitor!r}, which is not "
+                                 f"logged; expected one of {', '.join(logged)}")
 
     def instantiate_classes(self) -> None:
         """Instantiate with all loggers sharing one version folder; the saved config keeps
@@ -163,38 +220,96 @@ def _test_args(argv: list[str]) -> list[str]:
     nothing the run wrote is touched."""
     checkpoint = Path(argv[1])
     if not checkpoint.is_file():
-        raise SystemExit(f"tasknorm test: checkpoint {checkpoint} does not exist")
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     config = checkpoint.parent.parent / "config.yaml"
     if not config.is_file():
-        raise SystemExit(f"tasknorm test: no config.yaml of the run beside {checkpoint} "
-                         f"(looked for {config}); pass --config explicitly")
+        raise FileNotFoundError(f"no config.yaml of the run beside {checkpoint} (looked for "
+                                f"{config}); pass --config explicitly")
     folder = checkpoint.parent.parent / f"test-{checkpoint.stem}"
     if folder.exists():
-        raise SystemExit(f"tasknorm test: {folder} exists already; move it away to test again")
+        raise FileExistsError(f"{folder} exists already; move it away to test again")
     return ["test", "--config", str(config), "--ckpt_path", str(checkpoint),
             "--trainer.logger", "false", "--trainer.default_root_dir", str(folder), *argv[2:]]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The ``tasknorm`` command (``argv=None``: the process's arguments, and Lightning's
+    progress messages then go to stdout, so that stderr holds warnings and errors only)."""
+    if argv is None:
+        _lightning_messages_to_stdout()
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["compare"]:
-        from tasknorm.compare import main as compare_main
-
-        compare_main(args[1:])
+    name = next((arg for arg in args if arg != DEBUG_FLAG), "fit")
+    if name == "compare":
+        from tasknorm.compare import main as subcommand
+    elif name == "prune":
+        from tasknorm.prune.command import main as subcommand
+    elif name == "analyze":
+        from tasknorm.analysis.command import main as subcommand
+    else:
+        prog = f"tasknorm {name}" if name in TasknormCLI.subcommands() else "tasknorm"
+        run_command(prog, _run_lightning, args)
         return
-    if args[:1] == ["prune"]:
-        from tasknorm.prune.command import main as prune_main
+    args.remove(name)
+    subcommand(args)
 
-        prune_main(args[1:])
-        return
-    if args[:1] == ["analyze"]:
-        from tasknorm.analysis.command import main as analyze_main
 
-        analyze_main(args[1:])
-        return
+def _run_lightning(args: list[str]) -> None:
+    """``fit``, ``validate`` and ``test`` (also ``test CKPT``): LightningCLI."""
     if len(args) >= 2 and args[0] == "test" and not args[1].startswith("-"):
         args = _test_args(args)
     run_cli(_resolve_configs(args) or ["fit"])
+
+
+def _lightning_messages_to_stdout() -> None:
+    """Send Lightning's info messages ("Seed set to 0", "GPU available: ...") to stdout."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                handler.setStream(sys.stdout)
+
+
+def checkpoint_differences(checkpoint: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The model and data options (``model.<key>``, ``data.<key>``) whose values in
+    ``config`` (a subcommand's dumped configuration) differ from those ``checkpoint`` was
+    written with, each as ``"<option>: <checkpoint value> in the checkpoint, <value> here"``.
+
+    An option the checkpoint does not record took :class:`MultiTaskModule`'s default; data
+    options are compared when the checkpoint records them, except :data:`DATA_LOCATION`.
+
+    Example:
+        >>> checkpoint = {"hyper_parameters": {"architecture": "task_sigma", "lr": 0.05},
+        ...               "datamodule_hyper_parameters": {"variant": "left_right"}}
+        >>> config = {"model": {"architecture": "hard", "lr": 0.05},
+        ...           "data": {"init_args": {"variant": "even_odd", "num_workers": 2}}}
+        >>> for difference in checkpoint_differences(checkpoint, config):
+        ...     print(difference)
+        model.architecture: 'task_sigma' in the checkpoint, 'hard' here
+        data.variant: 'left_right' in the checkpoint, 'even_odd' here
+    """
+    defaults = {name: parameter.default for name, parameter
+                in inspect.signature(MultiTaskModule).parameters.items()}
+    saved = checkpoint.get("hyper_parameters") or {}
+    pairs = [(f"model.{key}", saved.get(key, defaults.get(key)), value)
+             for key, value in (config.get("model") or {}).items() if key != "tasks"]
+    saved_data = checkpoint.get("datamodule_hyper_parameters")
+    if saved_data:
+        data = config.get("data") or {}
+        if "_class_path" in saved_data:
+            pairs.append(("data.class_path", saved_data["_class_path"], data.get("class_path")))
+        pairs += [(f"data.{key}", saved_data[key], value)
+                  for key, value in (data.get("init_args") or {}).items()
+                  if key in saved_data and key not in DATA_LOCATION]
+    return [f"{option}: {old!r} in the checkpoint, {new!r} here"
+            for option, old, new in pairs if _plain(old) != _plain(new)]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists, as in a dumped configuration."""
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def _resolve_configs(args: list[str]) -> list[str]:

@@ -32,6 +32,7 @@ from typing import Any
 
 from tasknorm.cli import resolve_config, run_cli
 from tasknorm.curves import Curve, convergence, plot_curves, read_columns, read_curves
+from tasknorm.errors import ArgumentParser, RunFailed, UsageError, command
 from tasknorm.io import write_json, write_text
 from tasknorm.models import ARCHITECTURES, count_flops, count_parameters
 from tasknorm.tasks import delta_m
@@ -150,12 +151,12 @@ def tune(architectures: Sequence[str], grid: dict[str, list[int | float]], outpu
                 scores[arch][label] = None
                 continue
             if run["val_score"] is None:
-                raise SystemExit(f"tasknorm compare: --grid needs a finite best {SELECTION_METRIC}"
+                raise UsageError(f"--grid needs a finite best {SELECTION_METRIC}"
                                  f" from a ModelCheckpoint with mode max; {arch} at {label} has "
                                  "none (check the config's checkpoint callback)")
             scores[arch][label], runs[label] = run["val_score"], run
         if not runs:
-            raise SystemExit(f"tasknorm compare: {arch} diverged at every grid point")
+            raise RunFailed(f"{arch} diverged at every grid point")
         if next(iter(runs.values())).get("selection") == "relative":
             scores[arch].update(relative_scores(runs))
             metric = RELATIVE_TUNING
@@ -185,7 +186,7 @@ def best_epoch_primaries(record: dict[str, Any]) -> dict[str, dict[str, float]]:
         task: f"val/{task}/{metric}" for task, metric in primary.items()}})
     selection = curves.pop("")
     if not selection:
-        raise SystemExit(f"tasknorm compare: {record['log_dir']}/metrics.csv has no "
+        raise UsageError(f"{record['log_dir']}/metrics.csv has no "
                          f"{SELECTION_METRIC} column")
     epoch = max(selection, key=selection.__getitem__)
     return {task: {primary[task]: curve[epoch]} for task, curve in curves.items()}
@@ -249,9 +250,10 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tasknorm compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@command("tasknorm compare")
+def main(argv: Sequence[str]) -> None:
+    parser = ArgumentParser(prog="tasknorm compare", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES),
                         choices=ARCHITECTURES)
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
@@ -268,12 +270,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*",
                         help="extra fit options after --, e.g. -- --trainer.max_epochs 4")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
-    try:
-        grid = parse_grid(args.grid) if args.grid else None
-    except ValueError as error:
-        parser.error(str(error))
+    if args.seeds < 1 or args.epochs < 1:
+        parser.error(f"--seeds and --epochs must be at least 1, got {args.seeds} and "
+                     f"{args.epochs}")
+    grid = parse_grid(args.grid) if args.grid else None
     for key in grid or {}:
         if any(o == f"--model.{key}" or o.startswith(f"--model.{key}=") for o in args.overrides):
             parser.error(f"--grid {key} and the fit option --model.{key} contradict each other")
@@ -344,7 +344,7 @@ def _read_baseline(path: str) -> dict[str, dict[str, float]]:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"tasknorm compare: cannot read baseline {path}: {error}") from None
+        raise UsageError(f"cannot read baseline {path}: {error}") from None
 
 
 def _single_task_baseline(records: list[dict[str, Any]], output: Path

@@ -45,10 +45,10 @@ def test_report_of_a_trained_model(trained, capsys):
     assert report["source"]["architecture"] == "task_sigma"
     gates = report["gates"]
     assert gates["tasks"] == ["left", "right"] and gates["tau"] == 0.5
-    # the gates are the sigmoid of the trained raw gates in the checkpoint
+    # the gates are the sigmoid of the trained gate logits in the checkpoint
     state = torch.load(trained, weights_only=True)["state_dict"]
     for layer in gates["layers"]:
-        expected = torch.sigmoid(state[f"model.backbone.{layer['name']}.weight"])
+        expected = torch.sigmoid(state[f"model.backbone.{layer['name']}.gate_logit"])
         torch.testing.assert_close(torch.tensor(layer["gates"]), expected, atol=1e-4, rtol=0)
     assert [layer["channels"] for layer in gates["layers"]] == [8, 16, 16, 32]
     (summary,) = report["gradients"].values()
@@ -109,8 +109,8 @@ def test_gradient_history_alone_is_reported_without_gates(trained, tmp_path, cap
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(SystemExit, match=r"^tasknorm analyze: checkpoint missing.ckpt does not "
-                                         r"exist$"):
+    with pytest.raises(SystemExit, match=r"^tasknorm analyze: error: checkpoint missing.ckpt "
+                                         r"does not exist$"):
         analyze("missing.ckpt")
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     with pytest.raises(SystemExit, match="is not a readable PyTorch checkpoint"):

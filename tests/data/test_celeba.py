@@ -163,7 +163,7 @@ def test_missing_image_folder_and_image(copy):
 
 def test_unreadable_image_names_the_file(copy):
     (copy / "Img/img_align_celeba/000003.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(OSError, match=r"cannot read CelebA image .*000003.jpg"):
+    with pytest.raises(ValueError, match=r"cannot read CelebA image .*000003.jpg"):
         CelebA(copy, "train")[2]
 
 

@@ -207,3 +207,12 @@ def test_bad_task_lists_are_rejected():
         MultiDigitsDataModule(variant="even_odd", tasks=["left", "sum_parity"])
     with pytest.raises(ValueError, match="at least one task"):
         load_multidigits(SMALL, tasks=[])
+
+
+def test_datamodule_options_are_recorded_as_hyperparameters(tmp_path):
+    """They reach every checkpoint, which is how resuming compares the data options."""
+    module = MultiDigitsDataModule(variant="even_odd", sizes=(64, 16, 16), batch_size=8,
+                                   cache_dir=str(tmp_path), tasks=["left", "larger"])
+    assert dict(module.hparams) == {"variant": "even_odd", "sizes": (64, 16, 16), "seed": 0,
+                                    "batch_size": 8, "num_workers": 0,
+                                    "cache_dir": str(tmp_path), "tasks": ["left", "larger"]}

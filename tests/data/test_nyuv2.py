@@ -167,3 +167,24 @@ def test_datamodule_tasks_and_validation(root):
     assert [t.out_channels for t in tasks] == [13, 3]
     with pytest.raises(ValueError, match="unknown: \\['edges'\\]"):
         NYUv2DataModule(str(root), tasks=("edges",))
+
+
+def test_setup_reads_the_first_sample_of_each_split_without_drawing_random_numbers(root, copy):
+    """A malformed file is found when the data is set up, before any step; checking the
+    augmented training split leaves the global random state as it was."""
+    module = NYUv2DataModule(str(root), augment=True, batch_size=2)
+    state = torch.random.get_rng_state()
+    module.setup("fit")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    first = copy / "val" / "depth" / "0.npy"  # the test split's first depth map
+    np.save(first, np.full((H, W, 1), np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"val/depth/0\.npy: depth contains NaN"):
+        NYUv2DataModule(str(copy), batch_size=2).setup("fit")
+
+
+def test_setup_refuses_a_training_split_without_a_full_batch(root):
+    with pytest.raises(ValueError, match=r"the training split has 5 samples, fewer than one batch "
+                                         r"\(8 per process × 1\): no training step would run"):
+        module = NYUv2DataModule(str(root), batch_size=8, val_fraction=0.2)
+        module.setup("fit")
+        module.train_dataloader()

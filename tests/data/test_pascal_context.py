@@ -399,8 +399,8 @@ def test_malformed_files_are_reported_with_their_path(copy):
     with pytest.raises(ValueError, match=r"shape \(10, 28\) does not match the image size"):
         PascalContext(copy, "val", tasks=("normals",))[0]
     (copy / "human_parts" / f"{image_id}.mat").write_bytes(b"garbage")
-    with pytest.raises(OSError, match=rf"cannot read PASCAL-Context file .*{image_id}.mat"):
+    with pytest.raises(ValueError, match=rf"cannot read PASCAL-Context file .*{image_id}.mat"):
         PascalContext(copy, "val", tasks=("parts",))[0]
     (copy / "JPEGImages" / f"{image_id}.jpg").write_bytes(b"garbage")
-    with pytest.raises(OSError, match=rf"cannot read PASCAL-Context image .*{image_id}.jpg"):
+    with pytest.raises(ValueError, match=rf"cannot read PASCAL-Context image .*{image_id}.jpg"):
         PascalContext(copy, "val", tasks=("parts",))[0]

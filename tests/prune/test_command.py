@@ -3,12 +3,14 @@ import json
 import pytest
 
 from tasknorm.cli import main
-from tasknorm.prune.command import PruneConfig, format_table, load_config, run
+from tasknorm.errors import UsageError
+from tasknorm.prune.command import PruneConfig, config_problems, format_table, load_config, run
 
 
 def test_prune_command_on_digits(tmp_path, capsys):
-    main(["prune", "--output", str(tmp_path), "--epochs", "1", "--finetune_epochs", "1",
-          "--ratios", "0.5", "--methods", "rni", "uniform"])
+    (tmp_path / "results.json").write_text("{}")  # an earlier run's, overwritten as asked
+    main(["prune", "--output", str(tmp_path), "--overwrite", "--epochs", "1",
+          "--finetune_epochs", "1", "--ratios", "0.5", "--methods", "rni", "uniform"])
     out = capsys.readouterr().out
     assert "| rni | 0.50 |" in out and "| uniform | 0.50 |" in out
     records = json.loads((tmp_path / "results.json").read_text())["records"]
@@ -30,15 +32,39 @@ def test_packaged_cifar_configs_load(name):
 def test_unknown_config_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("data: digits\nratio: 0.5\n")
-    with pytest.raises(SystemExit, match="unknown config keys"):
+    with pytest.raises(UsageError, match="unknown config keys"):
         load_config(str(path))
 
 
 def test_cifar_without_root_is_a_clear_error(tmp_path):
-    from tasknorm.prune.command import run
-
-    with pytest.raises(SystemExit, match="--data_root"):
+    with pytest.raises(UsageError, match="cifar10 needs --data_root"):
         run(PruneConfig(data="cifar10", architecture="vgg16"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="expected the python-pickle release in"):
+        run(PruneConfig(data="cifar10", architecture="vgg16", data_root=str(tmp_path)), tmp_path)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"data": "mnist"}, "data must be one of ['cifar10', 'cifar100', 'digits'], got 'mnist'"),
+    ({"architecture": "vgg16"}, "architecture 'vgg16' does not train on 'digits'; expected one "
+                                "of ['digits_vgg']"),
+    ({"methods": ["rni", "rni"]}, "methods must be distinct names from ['l1', 'rni', 'uniform']"),
+    ({"strength": {"rni": -1.0}}, "strength must map methods of ['l1', 'rni', 'uniform'] to "
+                                  "non-negative numbers"),
+    ({"ratios": [0.0]}, "ratios must lie in (0, 1), got [0.0]"),
+    ({"ratios": []}, "ratios must lie in (0, 1), got []"),
+    ({"val_split": 1.0}, "val_split must be 'test' or a fraction in (0, 1), got 1.0"),
+    ({"latency_batches": [0]}, "latency_batches must be positive integers, got [0]"),
+    ({"train": {"epochs": 0, "lr": 0.05}}, "train epochs must be at least 1, got 0"),
+    ({"finetune": {"epoch": 1}}, "finetune has unknown keys ['epoch']; expected some of "),
+    ({"finetune": {"lr": -1}}, "finetune lr must be positive, got -1"),
+])
+def test_every_config_field_is_checked_before_training(tmp_path, changes, message):
+    """A bad field is refused (by :func:`run`) before any training, leaving nothing behind."""
+    cfg = PruneConfig(**changes)
+    assert any(problem.startswith(message) for problem in config_problems(cfg))
+    with pytest.raises(UsageError):
+        run(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_table_shows_speedups():

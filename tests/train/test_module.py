@@ -1,4 +1,5 @@
 import math
+import re
 
 import lightning as L
 import pytest
@@ -103,6 +104,37 @@ def test_bad_options(data):
         module(data, architecture="soft")
 
 
+@pytest.mark.parametrize(("option", "value", "wording"), [
+    ("lr", -0.1, "non-negative"), ("lr", math.nan, "non-negative"),
+    ("momentum", 1.0, "in [0, 1)"),
+    ("weight_decay", -1e-4, "non-negative"), ("norm_lr_mult", -1.0, "non-negative"),
+    ("heads_lr_mult", math.inf, "non-negative"), ("step_size", 0, "at least 1"),
+    ("step_gamma", 0.0, "in (0, 1]"), ("cosreg_alpha", -1.0, "non-negative"),
+])
+def test_numbers_out_of_range_are_refused_when_built(data, option, value, wording):
+    with pytest.raises(ValueError, match=re.escape(f"{option} must be {wording}, got {value}")):
+        module(data, **{option: value})
+
+
+def test_a_diverged_validation_stops_before_any_checkpoint(tmp_path, data):
+    """NaN running variances: training (batch statistics) stays finite, evaluation does not,
+    while the accuracies stay finite; no checkpoint, not even ``last``, holds that model."""
+
+    class PoisonStatistics(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            for name, buffer in pl_module.named_buffers():
+                if name.endswith("running_var"):
+                    buffer.fill_(math.nan)
+
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor=SELECTION_METRIC, mode="max", save_last=True)
+    fit = trainer(tmp_path, callbacks=[checkpoints, PoisonStatistics()])
+    with pytest.raises(FloatingPointError, match=r"validation at epoch 0: the model diverged "
+                                                 r"\(non-finite loss of tasks \['left', 'right'\]"):
+        fit.fit(module(data), data)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 @pytest.mark.parametrize("weighting", ["gradnorm", "rlw"])
 def test_new_weightings_train_under_automatic_optimization(tmp_path, data, weighting):
     L.seed_everything(0)
@@ -124,7 +156,7 @@ def test_norm_parameters_and_heads_get_their_multipliers(data):
     assert [g["name"] for g in groups] == ["weights", "norm", "heads"]
     assert [g["lr"] for g in groups] == pytest.approx([0.01, 1.0, 0.07])
     norm_params = {id(p) for p in groups[1]["params"]}
-    gates = [m.weight for m in model.modules() if hasattr(m, "gate")]
+    gates = [m.gate_logit for m in model.modules() if hasattr(m, "gate")]
     assert gates and all(id(g) in norm_params for g in gates)
     assert {id(p) for p in groups[2]["params"]} == {id(p) for p in model.model.heads.parameters()}
     everything = [id(p) for g in groups for p in g["params"]]
@@ -135,7 +167,7 @@ def test_norm_parameters_and_heads_get_their_multipliers(data):
 def test_gate_init_reaches_the_gates(data, architecture):
     model = module(data, architecture=architecture, gate_init_mean=-2.0, gate_init_std=0.25,
                    backbone_args={"width": 64})
-    gates = torch.cat([m.weight.flatten() for m in model.modules() if hasattr(m, "gate")])
+    gates = torch.cat([m.gate_logit.flatten() for m in model.modules() if hasattr(m, "gate")])
     assert gates.numel() >= 576
     assert gates.mean().item() == pytest.approx(-2.0, abs=0.05)
     assert gates.std().item() == pytest.approx(0.25, abs=0.05)

@@ -11,7 +11,6 @@ then the report has the gradient part only. The output folder defaults to
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from tasknorm.analysis.relation_plots import (
     plot_similarity,
 )
 from tasknorm.analysis.report import analyze_gates, analyze_gradients
+from tasknorm.errors import ArgumentParser, UsageError, command
 from tasknorm.io import atomic_write, write_json, write_text
 
 DPI = 110
@@ -125,8 +125,9 @@ def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+@command("tasknorm analyze")
+def main(argv: Sequence[str]) -> None:
+    parser = ArgumentParser(
         prog="tasknorm analyze",
         description="Gate analysis (capacity, specialization, task relationships) and gradient "
                     "cosines of a tasknorm checkpoint, as figures, an HTML report and JSON.")
@@ -143,13 +144,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         report = build_report(args.checkpoint, args.tau)
     except NoGatesError as error:
-        raise SystemExit(f"tasknorm analyze: {args.checkpoint}: {error}") from None
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"tasknorm analyze: {error}") from None
+        raise UsageError(f"{args.checkpoint}: {error}") from None
     out = args.out if args.out is not None else default_output(args.checkpoint)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SystemExit(f"tasknorm analyze: {out} exists already and is not an empty folder; "
-                         "move it away or pass another --out")
+        raise UsageError(f"{out} exists already and is not an empty folder; move it away or "
+                         "pass another --out")
     written = write_report(report, out)
     if report["gates"] is None:
         print(report["note"])

@@ -175,7 +175,7 @@ class CelebA(Dataset):
             raise FileNotFoundError(f"CelebA image {path} is missing (listed in "
                                     f"{self.root / ATTRIBUTE_FILE})") from None
         except OSError as error:
-            raise OSError(f"cannot read CelebA image {path}: {error}") from None
+            raise ValueError(f"cannot read CelebA image {path}: {error}") from None
         pixels = torch.from_numpy(np.asarray(image).copy())
         return pixels.permute(2, 0, 1).float() / 255
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tasknorm.data.multidigits import (
@@ -28,6 +29,11 @@ class BenchmarkDataModule(L.LightningDataModule, ABC):
     per process), whose order depends only on the epoch, so resuming from a checkpoint replays
     exactly the batches an uninterrupted run would have seen.
 
+    The constructor arguments (the subclass's too) are saved as hyper-parameters, so checkpoints
+    record the data they were trained on. Before any training step, :meth:`setup` checks that
+    the first sample of every split is readable and holds the image and every task's target,
+    and :meth:`train_dataloader` that every process gets at least one training batch.
+
     Args:
         batch_size: samples per batch (per process).
         num_workers: data-loading worker processes (kept alive between epochs).
@@ -36,8 +42,11 @@ class BenchmarkDataModule(L.LightningDataModule, ABC):
 
     def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
+        self.save_hyperparameters(logger=False)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be non-negative, got {num_workers}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -54,15 +63,37 @@ class BenchmarkDataModule(L.LightningDataModule, ABC):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
-            self.splits = self.build_splits()
+            splits = self.build_splits()
+            self.check_splits(splits)
+            self.splits = splits
+
+    def check_splits(self, splits: dict[str, Dataset]) -> None:
+        """Raise ValueError unless the first sample of every split holds the image and each
+        task's target (reading it decodes and checks its files; random augmentations draw from
+        a forked generator)."""
+        keys = {"image", *(task.name for task in self.tasks)}
+        for name, dataset in splits.items():
+            if len(dataset) == 0:
+                raise ValueError(f"the {name} split is empty")
+            with torch.random.fork_rng(devices=[]):
+                sample = dataset[0]
+            missing = keys - set(sample)
+            if missing:
+                raise ValueError(f"the {name} split's samples lack {sorted(missing)}; the tasks "
+                                 f"need {sorted(keys)}")
 
     def train_dataloader(self) -> DataLoader:
+        """The training batches; ValueError if a process would get none (batches are full)."""
         dataset = self.splits["train"]
         trainer = self.trainer
+        processes = trainer.world_size if trainer else 1
+        if len(dataset) < self.batch_size * processes:
+            raise ValueError(f"the training split has {len(dataset)} samples, fewer than one "
+                             f"batch ({self.batch_size} per process × {processes}): no training "
+                             "step would run")
         sampler = DistributedSampler(
-            dataset, num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0, shuffle=True, seed=self.seed,
-            drop_last=True)
+            dataset, num_replicas=processes, rank=trainer.global_rank if trainer else 0,
+            shuffle=True, seed=self.seed, drop_last=True)
         return self._loader(dataset, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -307,7 +307,7 @@ def _read_image(path: Path) -> Tensor:
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB")).copy()
     except OSError as error:
-        raise OSError(f"cannot read PASCAL-Context image {path}: {error}") from None
+        raise ValueError(f"cannot read PASCAL-Context image {path}: {error}") from None
     return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
 
 
@@ -316,7 +316,7 @@ def _read_png(path: Path, size: tuple[int, ...], channels: int) -> np.ndarray:
         with Image.open(path) as image:
             pixels = np.asarray(image)
     except OSError as error:
-        raise OSError(f"cannot read PASCAL-Context file {path}: {error}") from None
+        raise ValueError(f"cannot read PASCAL-Context file {path}: {error}") from None
     expected = (*size, channels) if channels > 1 else size
     if pixels.dtype != np.uint8 or pixels.shape != expected:
         raise ValueError(f"{path}: expected an 8-bit PNG of shape {expected} (image size, "
@@ -346,7 +346,7 @@ def _load_mat(path: Path, variable: str) -> np.ndarray:
     try:
         contents = scipy.io.loadmat(path, variable_names=[variable])
     except (OSError, ValueError, TypeError, scipy.io.matlab.MatReadError) as error:
-        raise OSError(f"cannot read PASCAL-Context file {path}: {error}") from None
+        raise ValueError(f"cannot read PASCAL-Context file {path}: {error}") from None
     if variable not in contents:
         raise ValueError(f"{path}: no variable {variable!r} in this .mat file")
     return contents[variable]

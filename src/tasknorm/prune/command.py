@@ -7,12 +7,14 @@ a few minutes on a laptop CPU). ``--config FILE|NAME`` runs a CIFAR protocol con
 ``--data_root`` pointing at the unpacked python-pickle release.
 
 Writes ``results.json``, ``results.md`` and ``importance_<method>.png`` / ``importance.png``
-(histograms of channel importance after training) to ``--output``.
+(histograms of channel importance after training) to ``--output``, which must be empty unless
+``--overwrite`` is given. The whole configuration (and the CIFAR folder) is checked before
+anything is trained.
 """
 
 from __future__ import annotations
 
-import argparse
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from tasknorm.errors import ArgumentParser, UsageError, command
 from tasknorm.io import atomic_write, write_json, write_text
 from tasknorm.models.cifar import CifarVGG, resnet56, resnet56_projection, vgg16
 from tasknorm.prune.measure import accuracy, measure_latency, model_stats
@@ -40,6 +43,10 @@ METHODS = {  # norm, regulariser, threshold mode
     "uniform": ("bn", None, "layer"),
 }
 DIGITS_CONFIG = (32, 32, "M", 64, 64, "M", 128)
+ARCHITECTURES = {"digits": ("digits_vgg",),
+                 "cifar10": ("vgg16", "resnet56", "resnet56_projection"),
+                 "cifar100": ("vgg16", "resnet56", "resnet56_projection")}
+"""The architectures each dataset can train."""
 
 
 @dataclass
@@ -98,9 +105,6 @@ def digits_loaders(batch_size: int, seed: int) -> tuple[DataLoader, DataLoader, 
 def cifar_loaders(cfg: PruneConfig) -> tuple[DataLoader, DataLoader, DataLoader]:
     from tasknorm.data.cifar import CifarDataModule
 
-    if cfg.data_root is None:
-        raise SystemExit(f"tasknorm prune: {cfg.data} needs --data_root (the folder holding the "
-                         "python-pickle release)")
     dm = CifarDataModule(cfg.data_root, cfg.data, cfg.batch_size, cfg.num_workers,
                          cfg.val_split, cfg.seed)
     dm.setup()
@@ -112,8 +116,8 @@ def build_model(architecture: str, norm: str, num_classes: int) -> nn.Module:
         return CifarVGG(DIGITS_CONFIG, num_classes, norm, in_channels=1)
     builders = {"vgg16": vgg16, "resnet56": resnet56, "resnet56_projection": resnet56_projection}
     if architecture not in builders:
-        raise SystemExit(f"tasknorm prune: unknown architecture {architecture!r}; expected "
-                         f"digits_vgg or one of {sorted(builders)}")
+        raise UsageError(f"unknown architecture {architecture!r}; expected digits_vgg or one of "
+                         f"{sorted(builders)}")
     return builders[architecture](num_classes, norm)
 
 
@@ -137,15 +141,15 @@ def save_histograms(scores: dict[str, np.ndarray], path: Path) -> None:
 
 
 def run(cfg: PruneConfig, output: Path) -> dict[str, Any]:
-    """Train, prune, fine-tune and measure every method; return the records."""
+    """Train, prune, fine-tune and measure every method; return the records. ``cfg`` is
+    checked first (:func:`check_config`)."""
+    check_config(cfg)
     if cfg.data == "digits":
         train, val, test = digits_loaders(cfg.batch_size, cfg.seed)
         num_classes, shape = 10, (1, 1, 8, 8)
-    elif cfg.data in ("cifar10", "cifar100"):
+    else:
         train, val, test = cifar_loaders(cfg)
         num_classes, shape = (10 if cfg.data == "cifar10" else 100), (1, 3, 32, 32)
-    else:
-        raise SystemExit(f"tasknorm prune: unknown data {cfg.data!r}")
     # a random input: an all-zero one makes activations denormal and latency meaningless
     example = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed))
     if cfg.threads is not None:
@@ -223,20 +227,106 @@ def load_config(value: str | None) -> PruneConfig:
         name = value.removesuffix(".yaml")
         path = Path(str(CONFIGS / f"{name}.yaml"))
         if not path.is_file():
-            raise SystemExit(f"tasknorm prune: config {value!r} is neither a file nor a "
-                             "packaged config")
+            raise UsageError(f"config {value!r} is neither a file nor a packaged config")
     data = yaml.safe_load(path.read_text()) or {}
     unknown = set(data) - set(PruneConfig.__dataclass_fields__)
     if unknown:
-        raise SystemExit(f"tasknorm prune: unknown config keys {sorted(unknown)}")
+        raise UsageError(f"unknown config keys {sorted(unknown)}")
     return PruneConfig(**data)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tasknorm prune", description=__doc__.split("\n\n")[0])
+def config_problems(cfg: PruneConfig) -> list[str]:
+    """What in ``cfg`` cannot run (empty when it can), every field checked before anything is
+    trained.
+
+    Example:
+        >>> config_problems(PruneConfig(ratios=[0.5, 1.5], min_keep=0))
+        ['ratios must lie in (0, 1), got [0.5, 1.5]', 'min_keep must be at least 1, got 0']
+    """
+    def positive_ints(values: Sequence[Any]) -> bool:
+        return bool(values) and all(isinstance(v, int) and v >= 1 for v in values)
+
+    checks = [
+        (cfg.data in ARCHITECTURES,
+         f"data must be one of {sorted(ARCHITECTURES)}, got {cfg.data!r}"),
+        (cfg.data == "digits" or cfg.data_root is not None,
+         f"{cfg.data} needs --data_root (the folder holding the python-pickle release)"),
+        (cfg.architecture in ARCHITECTURES.get(cfg.data, ()),
+         f"architecture {cfg.architecture!r} does not train on {cfg.data!r}; expected one of "
+         f"{list(ARCHITECTURES.get(cfg.data, ()))}"),
+        (bool(cfg.methods) and len(set(cfg.methods)) == len(cfg.methods)
+         and set(cfg.methods) <= set(METHODS),
+         f"methods must be distinct names from {sorted(METHODS)}, got {cfg.methods}"),
+        (set(cfg.strength) <= set(METHODS) and all(0 <= v < math.inf
+                                                  for v in cfg.strength.values()),
+         f"strength must map methods of {sorted(METHODS)} to non-negative numbers, got "
+         f"{cfg.strength}"),
+        (bool(cfg.ratios) and all(0 < r < 1 for r in cfg.ratios),
+         f"ratios must lie in (0, 1), got {cfg.ratios}"),
+        (cfg.min_keep >= 1, f"min_keep must be at least 1, got {cfg.min_keep}"),
+        (cfg.batch_size >= 1, f"batch_size must be at least 1, got {cfg.batch_size}"),
+        (cfg.val_split == "test" or (not isinstance(cfg.val_split, str)
+                                     and 0 < cfg.val_split < 1),
+         f"val_split must be 'test' or a fraction in (0, 1), got {cfg.val_split!r}"),
+        (positive_ints(cfg.latency_batches),
+         f"latency_batches must be positive integers, got {cfg.latency_batches}"),
+        (cfg.latency_threads >= 1, f"latency_threads must be at least 1, got "
+                                   f"{cfg.latency_threads}"),
+        (cfg.threads is None or cfg.threads >= 1, f"threads must be at least 1, got "
+                                                  f"{cfg.threads}"),
+        (cfg.num_workers >= 0, f"num_workers must be non-negative, got {cfg.num_workers}"),
+    ]
+    return [message for ok, message in checks if not ok] + [
+        problem for name in ("train", "finetune") for problem in _recipe_problems(cfg, name)]
+
+
+def check_config(cfg: PruneConfig) -> None:
+    """Raise UsageError listing every :func:`config_problems` of ``cfg``, or FileNotFoundError
+    if its CIFAR folder lacks a file of the release."""
+    problems = config_problems(cfg)
+    if problems:
+        raise UsageError("; ".join(problems))
+    if cfg.data != "digits":
+        from tasknorm.data.cifar import cifar_folder
+
+        cifar_folder(cfg.data_root, cfg.data)
+
+
+def _recipe_problems(cfg: PruneConfig, name: str) -> list[str]:
+    """What in ``cfg.train`` or ``cfg.finetune`` (``name``) is not a valid
+    :class:`~tasknorm.prune.recipe.OptimConfig`."""
+    recipe = getattr(cfg, name)
+    unknown = sorted(set(recipe) - set(OptimConfig.__dataclass_fields__))
+    if unknown:
+        return [f"{name} has unknown keys {unknown}; expected some of "
+                f"{list(OptimConfig.__dataclass_fields__)}"]
+    optim = OptimConfig(**recipe)
+    problems = []
+    if not (isinstance(optim.epochs, int) and optim.epochs >= 1):
+        problems.append(f"{name} epochs must be at least 1, got {optim.epochs}")
+    if not 0 < optim.lr < math.inf:
+        problems.append(f"{name} lr must be positive, got {optim.lr}")
+    return problems
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an ``output`` that is a file, or a folder with files in it unless
+    ``overwrite``."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file; expected a folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UsageError(f"--output {output} is not empty; choose another folder or pass "
+                         "--overwrite")
+
+
+@command("tasknorm prune")
+def main(argv: Sequence[str]) -> None:
+    parser = ArgumentParser(prog="tasknorm prune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML file or packaged config name")
     parser.add_argument("--data_root", help="folder of the CIFAR python-pickle release")
     parser.add_argument("--output", default="runs/prune", help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --output even if it holds files")
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS))
     parser.add_argument("--ratios", nargs="+", type=float)
     parser.add_argument("--epochs", type=int, help="training epochs (overrides the config)")
@@ -249,12 +339,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg.methods = args.methods
     if args.ratios:
         cfg.ratios = args.ratios
-    if args.epochs:
+    if args.epochs is not None:
         cfg.train = {**cfg.train, "epochs": args.epochs}
-    if args.finetune_epochs:
+    if args.finetune_epochs is not None:
         cfg.finetune = {**cfg.finetune, "epochs": args.finetune_epochs}
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    check_output(output, args.overwrite)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="lightning")
         result = run(cfg, output)

@@ -8,6 +8,11 @@ or the mean over tasks of each primary metric's relative gain over the first val
 (``selection="relative"``, for tasks whose metrics live on different scales, such as mIoU,
 depth error in metres and normal angle in degrees).
 
+Options are checked when the module is built (names, and numbers against :data:`RANGES`). A
+run whose model diverges stops with ``FloatingPointError``: a non-finite training loss at that
+step, a non-finite validation loss or score at the end of that validation epoch, before any
+checkpoint of it is written.
+
 Plain loss weightings train under Lightning's automatic optimization. A gradient aggregator
 (:mod:`tasknorm.train.aggregation`) or CosReg (:mod:`tasknorm.train.cosreg`) switches the module
 to manual optimization, because both need per-task gradients (CosReg with their graph).
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -44,6 +49,34 @@ from tasknorm.train.weighting import build_weighting
 SELECTION_METRIC = "val/selection"
 SCHEDULERS = ("cosine", "poly", "step", "none")
 SELECTIONS = ("mean", "relative")
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: 0 <= v < math.inf, "non-negative"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "non-negative"),
+    "norm_lr_mult": (lambda v: 0 <= v < math.inf, "non-negative"),
+    "norm_weight_decay": (lambda v: 0 <= v < math.inf, "non-negative"),
+    "heads_lr_mult": (lambda v: 0 <= v < math.inf, "non-negative"),
+    "step_size": (lambda v: v >= 1, "at least 1"),
+    "step_gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "cosreg_alpha": (lambda v: 0 <= v < math.inf, "non-negative"),
+}
+"""Valid values of the numeric options (finite, hence not NaN): a test and its wording."""
+
+
+def check_ranges(values: dict[str, float]) -> None:
+    """Raise ValueError naming the first option of ``values`` outside its :data:`RANGES`.
+
+    Example:
+        >>> check_ranges({"lr": 0.05, "momentum": 0.9})
+        >>> check_ranges({"lr": 0.05, "momentum": 1.5})
+        Traceback (most recent call last):
+        ...
+        ValueError: momentum must be in [0, 1), got 1.5
+    """
+    for name, value in values.items():
+        inside, wording = RANGES[name]
+        if not inside(value):
+            raise ValueError(f"{name} must be {wording}, got {value}")
 
 
 class MultiTaskModule(L.LightningModule):
@@ -130,6 +163,10 @@ class MultiTaskModule(L.LightningModule):
             raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULERS}")
         if selection not in SELECTIONS:
             raise ValueError(f"unknown selection {selection!r}; expected one of {SELECTIONS}")
+        check_ranges({"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                      "norm_lr_mult": norm_lr_mult, "norm_weight_decay": norm_weight_decay,
+                      "heads_lr_mult": heads_lr_mult, "step_size": step_size,
+                      "step_gamma": step_gamma, "cosreg_alpha": cosreg_alpha})
         self.tasks = {task.name: task for task in tasks}
         builder = partial(build_backbone, backbone, **(backbone_args or {}))
         self.model = MultiTaskModel(builder, list(tasks), architecture, gate_init, layout, head,
@@ -161,11 +198,11 @@ class MultiTaskModule(L.LightningModule):
         if cosreg_alpha > 0:
             self.cosreg = CosReg(cosreg_alpha, **(cosreg_args or {}))
             self.cosreg.attach(backbone)
-        elif cosreg_alpha < 0:
-            raise ValueError(f"cosreg_alpha must be non-negative, got {cosreg_alpha}")
         self.automatic_optimization = self.aggregator is None and self.cosreg is None
         self.selection_reference: dict[str, float] | None = None
         self.task_losses: dict[str, Tensor] = {}
+        # per task, the validation batches of this epoch with a non-finite loss
+        self.nonfinite_val_losses = torch.zeros(len(self.tasks))
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({name: task.build_metrics() for name, task in self.tasks.items()})
             for stage in ("val", "test")
@@ -256,10 +293,33 @@ class MultiTaskModule(L.LightningModule):
             reference = self.selection_reference or primaries
             scores = [100 * signs[name] * (value - reference[name]) / abs(reference[name])
                       if reference[name] else 0.0 for name, value in primaries.items()]
-        self.log(SELECTION_METRIC, sum(scores) / len(scores), prog_bar=True, sync_dist=True)
+        score = sum(scores) / len(scores)
+        if not self.trainer.sanity_checking:
+            self._check_validation(score)
+        self.log(SELECTION_METRIC, score, prog_bar=True, sync_dist=True)
+
+    def _check_validation(self, score: float) -> None:
+        """Stop a run whose model diverged: a non-finite validation loss (on any process) or
+        score. Raised before the checkpoint callbacks run, so no checkpoint holds the model."""
+        counts = self.trainer.strategy.reduce(self.nonfinite_val_losses, reduce_op="sum")
+        diverged = [name for name, count in zip(self.tasks, counts.tolist(), strict=True)
+                    if count]
+        if diverged or not math.isfinite(score):
+            raise FloatingPointError(f"validation at epoch {self.current_epoch}: the model "
+                                     f"diverged (non-finite loss of tasks {diverged}, "
+                                     f"{SELECTION_METRIC} = {score})")
 
     def on_test_epoch_end(self) -> None:
         self._compute_metrics("test")
+
+    def monitorable_metrics(self) -> list[str]:
+        """The logged metrics a callback can monitor (``ModelCheckpoint``, ``EarlyStopping``):
+        ``val/selection``, ``train/loss`` and each task's losses and validation metrics."""
+        names = [SELECTION_METRIC, "train/loss"]
+        for name in self.tasks:
+            names += [f"train/{name}_loss", f"val/{name}_loss",
+                      *(f"val/{name}/{metric}" for metric in self.metrics["val"][name].keys())]
+        return names
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -308,9 +368,14 @@ class MultiTaskModule(L.LightningModule):
     def _losses(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {name: task.loss(outputs[name], batch[name]) for name, task in self.tasks.items()}
 
+    def on_validation_epoch_start(self) -> None:
+        self.nonfinite_val_losses = torch.zeros(len(self.tasks), device=self.device)
+
     def _evaluate_step(self, batch: dict[str, Tensor], stage: str) -> None:
         outputs = self.model(batch["image"])
         losses = self._losses(outputs, batch)
+        if stage == "val":
+            self.nonfinite_val_losses += torch.stack([~loss.isfinite() for loss in losses.values()])
         self.log_dict({f"{stage}/{name}_loss": loss for name, loss in losses.items()},
                       batch_size=batch["image"].size(0), sync_dist=True)
         for name, task in self.tasks.items():

@@ -59,6 +59,9 @@ class FixedWeighting(LossWeighting):
         if set(weights) != set(self.tasks):
             raise ValueError(f"fixed loss weights are given for {sorted(weights)} but the tasks "
                              f"are {sorted(self.tasks)}")
+        bad = {t: w for t, w in weights.items() if not 0 <= float(w) < float("inf")}
+        if bad:
+            raise ValueError(f"fixed loss weights must be finite and non-negative, got {bad}")
         self.fixed = {t: float(weights[t]) for t in self.tasks}
 
     def weights(self) -> dict[str, float]:
