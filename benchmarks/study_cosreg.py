@@ -20,7 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-from tasknorm.cli import resolve_config, run_cli
+from tasknorm.fit import resolve_config, run_cli
 from tasknorm.models import build_backbone
 from tasknorm.train import last_shared_layer
 

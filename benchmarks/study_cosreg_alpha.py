@@ -34,8 +34,8 @@ import yaml
 from torch import Tensor
 
 from study_cosreg import train
-from tasknorm.cli import resolve_config
 from tasknorm.data import MultiDigitsDataModule
+from tasknorm.fit import resolve_config
 from tasknorm.train import MultiTaskModule
 from tasknorm.train.gradients import shared_parameters
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tasknorm.cli import run_cli
+from tasknorm.fit import run_cli
 from tasknorm.io import write_json, write_text
 from tasknorm.models import build_backbone
 from tasknorm.nn import convert

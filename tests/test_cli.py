@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasknorm.cli import checkpoint_differences, main, parse_results
+from tasknorm.cli import main
 from tasknorm.data import write_tiny_celeba
+from tasknorm.fit import checkpoint_differences, parse_results
 
 TINY = ["--trainer.max_epochs", "2", "--data.init_args.sizes", "[256, 64, 64]",
         "--data.init_args.batch_size", "32", "--model.backbone_args", '{"width": 8}',
@@ -235,21 +236,21 @@ def test_parse_results():
 
 
 def test_packaged_config_by_name(workdir, monkeypatch):
-    from tasknorm import cli
+    from tasknorm import fit
 
-    assert "multidigits" in cli.packaged_configs()
-    assert cli.resolve_config("multidigits") == cli.DEFAULT_CONFIG
-    assert cli.resolve_config("multidigits.yaml") == cli.DEFAULT_CONFIG
+    assert "multidigits" in fit.packaged_configs()
+    assert fit.resolve_config("multidigits") == fit.DEFAULT_CONFIG
+    assert fit.resolve_config("multidigits.yaml") == fit.DEFAULT_CONFIG
     (workdir / "mine.yaml").write_text("seed_everything: 1\n")
-    assert cli.resolve_config("mine.yaml") == "mine.yaml"
+    assert fit.resolve_config("mine.yaml") == "mine.yaml"
     with pytest.raises(ValueError, match="neither a file nor a packaged config"):
-        cli.resolve_config("nyuv3")
-    assert cli._resolve_configs(["fit", "--config", "multidigits", "--config=mine.yaml"]) == [
-        "fit", "--config", cli.DEFAULT_CONFIG, "--config=mine.yaml"]
+        fit.resolve_config("nyuv3")
+    assert fit.resolve_configs(["fit", "--config", "multidigits", "--config=mine.yaml"]) == [
+        "fit", "--config", fit.DEFAULT_CONFIG, "--config=mine.yaml"]
 
 
 def test_gate_init_and_heads_multiplier_from_the_command_line(workdir):
-    from tasknorm.cli import run_cli
+    from tasknorm.fit import run_cli
 
     cli = run_cli(["fit", "--model.architecture", "sigma", "--model.gate_init_mean", "-1",
                    "--model.gate_init_std", "0", "--model.heads_lr_mult", "4", *TINY,

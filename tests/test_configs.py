@@ -5,13 +5,14 @@ import json
 import pytest
 import torch
 
-from tasknorm.cli import TasknormCLI, main, packaged_configs, resolve_config
+from tasknorm.cli import main
 from tasknorm.data import (
     write_tiny_celeba,
     write_tiny_cityscapes,
     write_tiny_nyuv2,
     write_tiny_pascal_context,
 )
+from tasknorm.fit import TasknormCLI, packaged_configs, resolve_config
 
 FEW_STEPS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
              "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",

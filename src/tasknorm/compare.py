@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tasknorm.cli import resolve_config, run_cli
 from tasknorm.curves import Curve, convergence, plot_curves, read_columns, read_curves
 from tasknorm.errors import ArgumentParser, RunFailed, UsageError, command
+from tasknorm.fit import resolve_config, run_cli
 from tasknorm.io import write_json, write_text
 from tasknorm.models import ARCHITECTURES, count_flops, count_parameters
 from tasknorm.tasks import delta_m
