@@ -196,7 +196,7 @@ def tuning_table(tuning: dict[str, Any]) -> str:
     """Markdown table: one row per architecture, its score at every grid point and its pick."""
     labels = list(next(iter(tuning["scores"].values())))
     header = ["architecture", *labels, "pick"]
-    lines = [f"Tuning: {tuning['metric']} of seed {tuning['seed']} per point",
+    lines = [f"Tuning, seed {tuning['seed']}: {tuning['metric']}",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arch, scores in tuning["scores"].items():
         cells = [LABELS.get(arch, arch),
