@@ -27,7 +27,7 @@ from lightning.pytorch.profilers import SimpleProfiler
 
 from tasknorm.data import RenderedScenesDataModule
 from tasknorm.io import write_json
-from tasknorm.train import MultiTaskModule
+from tasknorm.train import MultiTaskModule, Optimization
 
 NEXT = "[_TrainingEpochLoop].train_dataloader_next"
 STEP = "run_training_batch"
@@ -55,8 +55,9 @@ def training_profile(architecture: str, workers: int, batch_size: int, epochs: i
     L.seed_everything(0, verbose=False)
     data = RenderedScenesDataModule(batch_size=batch_size, num_workers=workers, augment=True)
     module = MultiTaskModule(data.tasks, backbone="dilated_cnn", backbone_args={"width": 16},
-                             architecture=architecture, optimizer="adam", lr=0.002,
-                             scheduler="none")
+                             architecture=architecture,
+                             optimization=Optimization(optimizer="adam", lr=0.002,
+                                                       scheduler="none"))
     profiler = SimpleProfiler()
     trainer = L.Trainer(max_epochs=epochs + 1, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,

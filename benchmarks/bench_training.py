@@ -23,7 +23,7 @@ import torch
 
 from tasknorm.data import MultiDigitsDataModule
 from tasknorm.io import write_json
-from tasknorm.train import MultiTaskModule
+from tasknorm.train import MultiTaskModule, Optimization
 
 
 class StepTimer(L.Callback):
@@ -45,7 +45,8 @@ class StepTimer(L.Callback):
 def lightning_step_seconds(architecture: str, data: MultiDigitsDataModule, steps: int,
                            warmup: int) -> float:
     L.seed_everything(0, verbose=False)
-    module = MultiTaskModule(data.tasks, architecture=architecture, scheduler="none")
+    module = MultiTaskModule(data.tasks, architecture=architecture,
+                             optimization=Optimization(scheduler="none"))
     timer = StepTimer()
     trainer = L.Trainer(max_steps=steps + warmup, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
@@ -57,7 +58,8 @@ def lightning_step_seconds(architecture: str, data: MultiDigitsDataModule, steps
 def bare_step_seconds(architecture: str, data: MultiDigitsDataModule, steps: int,
                       warmup: int) -> float:
     L.seed_everything(0, verbose=False)
-    module = MultiTaskModule(data.tasks, architecture=architecture, scheduler="none")
+    module = MultiTaskModule(data.tasks, architecture=architecture,
+                             optimization=Optimization(scheduler="none"))
     optimizer = module.configure_optimizers()["optimizer"]
     batches = list(itertools.islice(data.train_dataloader(), steps + warmup))
     times = []

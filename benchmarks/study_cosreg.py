@@ -78,8 +78,8 @@ def train(slug: str, seed: int, args: argparse.Namespace, backbone: str, backbon
                    "--trainer.enable_model_summary", "false",
                    "--model.backbone", backbone, *(["--model.head", head] if head else []),
                    "--model.backbone_args", json.dumps(backbone_args),
-                   "--model.cosreg_alpha", str(alpha),
-                   "--model.cosreg_args", json.dumps(cosreg_args or {}),
+                   "--model.regularization.cosreg_alpha", str(alpha),
+                   "--model.regularization.cosreg_args", json.dumps(cosreg_args or {}),
                    "--data.init_args.sizes", json.dumps(args.sizes)], quiet=True)
     seconds = time.perf_counter() - start
     monitor = next(c for c in cli.trainer.callbacks if type(c).__name__ == "GradientCosineMonitor")

@@ -65,9 +65,9 @@ def measure(name: str, norm: bool, alpha: float, loss_scaled: bool, seed: int,
     """Gradient norms of the first ``steps`` steps of one training run."""
     config = yaml.safe_load(Path(resolve_config("cosreg_multidigits")).read_text())["model"]
     L.seed_everything(seed, verbose=False)
+    regularization = {"cosreg_alpha": alpha, "cosreg_args": {"loss_scaled": loss_scaled}}
     module = MultiTaskModule(data.tasks, **{**config, **network(name, norm),
-                                            "cosreg_alpha": alpha,
-                                            "cosreg_args": {"loss_scaled": loss_scaled}})
+                                            "regularization": regularization})
     optimizer = module.configure_optimizers()["optimizer"]
     shared = list(shared_parameters(module.model.backbone).values())
     ratios, task_norms, losses_seen = [], [], []

@@ -68,7 +68,8 @@ def run(architecture: str, mean: float, heads: float, seed: int, args: argparse.
                              "version": f"seed{seed}"}}]
     start = time.perf_counter()
     cli = run_cli(["fit", "--model.architecture", architecture,
-                   "--model.gate_init_mean", str(mean), "--model.heads_lr_mult", str(heads),
+                   "--model.gates.mean", str(mean),
+                   "--model.optimization.heads_lr_mult", str(heads),
                    "--seed_everything", str(seed), "--trainer.max_epochs", str(args.epochs),
                    "--trainer.logger", json.dumps(logger),
                    "--trainer.enable_progress_bar", "false",

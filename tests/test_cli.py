@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tasknorm.cli import main
 from tasknorm.data import write_tiny_celeba
@@ -90,18 +91,19 @@ def test_second_run_gets_a_new_folder(workdir):
     (["--model.architecture", "soft"],
      "Parser key \"model.architecture\": Expected a typing.Literal['single_task', 'hard', "),
     (["--data.init_args.tasks", "[left, nope]"], "unknown MultiDigits task 'nope'; expected"),
-    (["--model.weighting", "nope"], "unknown loss weighting 'nope'; expected one of"),
-    (["--model.aggregator", "nope"], "unknown aggregator 'nope'; expected one of"),
+    (["--model.balancing.weighting", "nope"], "unknown loss weighting 'nope'; expected one of"),
+    (["--model.balancing.aggregator", "nope"], "unknown aggregator 'nope'; expected one of"),
     (["--model.head", "nope"], "unknown head 'nope'; expected one of"),
+    (["--model.optimization.lrr", "1"], "unrecognized arguments: --model.optimization.lrr 1"),
     (["--model.lr", "-1"], "lr must be non-negative, got -1.0"),
-    (["--model.momentum", "1.5"], "momentum must be in [0, 1), got 1.5"),
+    (["--model.optimization.momentum", "1.5"], "momentum must be in [0, 1), got 1.5"),
     (["--model.weighting", "fixed", "--model.weighting_args", "{weights: {left: .nan, right: 1}}"],
      "fixed loss weights must be finite and non-negative, got {'left': nan}"),
     (["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor", "val/nope"],
      "ModelCheckpoint monitors 'val/nope', which is not logged; expected one of val/selection"),
     (["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "2"],
      "--lr_scheduler would train every parameter alike, dropping the norm and heads parameter "
-     "groups; use the model's options instead: --model.optimizer"),
+     "groups; use the model's options instead: --model.optimization.NAME for optimizer"),
     (["--data.init_args.sizes", "[16, 8, 8]"],
      "the training split has 16 samples, fewer than one batch (32 per process × 1)"),
 ])
@@ -157,16 +159,20 @@ def test_an_unusable_checkpoint_is_one_line(trained, capsys, monkeypatch, conten
     assert line.startswith(f"tasknorm {command}: error: {path} {message}")
 
 
-def test_checkpoint_differences_normalise_tuples_and_defaults():
-    checkpoint = {"hyper_parameters": {"backbone_args": {"sizes": (1, 2)}},
+@pytest.mark.parametrize("saved", [
+    {"backbone_args": {"sizes": (1, 2)}, "gate_init_mean": 0.5},  # before the option groups
+    {"backbone_args": {"sizes": (1, 2)}, "gates": {"init": "normal", "mean": 0.5, "std": 1.0}},
+])
+def test_checkpoint_differences_normalise_tuples_groups_and_defaults(saved):
+    checkpoint = {"hyper_parameters": saved,
                   "datamodule_hyper_parameters": {"_class_path": "a.B", "sizes": (8, 4),
                                                   "root": "/old", "num_workers": 4}}
-    config = {"model": {"backbone_args": {"sizes": [1, 2]}, "heads_lr_mult": 1.0,
-                        "norm_lr_mult": 3.0},
+    config = {"model": {"backbone_args": {"sizes": [1, 2]}, "gates": {"mean": 0.5},
+                        "optimization": {"heads_lr_mult": 1.0, "norm_lr_mult": 3.0}},
               "data": {"class_path": "a.B",
                        "init_args": {"sizes": [8, 4], "root": "/new", "num_workers": 0}}}
     assert checkpoint_differences(checkpoint, config) == [
-        "model.norm_lr_mult: 10.0 in the checkpoint, 3.0 here"]
+        "model.optimization.norm_lr_mult: 10.0 in the checkpoint, 3.0 here"]
 
 
 def test_data_folder_mistakes_cost_no_training_step(workdir, capsys):
@@ -249,14 +255,42 @@ def test_packaged_config_by_name(workdir, monkeypatch):
         "fit", "--config", fit.DEFAULT_CONFIG, "--config=mine.yaml"]
 
 
-def test_gate_init_and_heads_multiplier_from_the_command_line(workdir):
+@pytest.mark.parametrize("names", ["grouped", "flat"])
+def test_gate_init_and_heads_multiplier_from_the_command_line(workdir, names):
     from tasknorm.fit import run_cli
 
-    cli = run_cli(["fit", "--model.architecture", "sigma", "--model.gate_init_mean", "-1",
-                   "--model.gate_init_std", "0", "--model.heads_lr_mult", "4", *TINY,
+    options = {"grouped": ["--model.gates.mean", "-1", "--model.gates.std", "0",
+                           "--model.optimization.heads_lr_mult", "4"],
+               "flat": ["--model.gate_init_mean", "-1", "--model.gate_init_std", "0",
+                        "--model.heads_lr_mult=4"]}[names]
+    cli = run_cli(["fit", "--model.architecture", "sigma", *options, *TINY,
                    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
                    "--trainer.limit_val_batches", "1"], quiet=True)
     gates = [m for m in cli.model.modules() if hasattr(m, "gate")]
     assert gates and all(m.init_mean == -1.0 and m.init_std == 0.0 for m in gates)
     groups = {g["name"]: g["lr"] for g in cli.trainer.optimizers[0].param_groups}
     assert groups["heads"] == pytest.approx(4 * groups["weights"])
+
+
+def test_an_old_flat_config_loads_to_the_same_module(workdir, monkeypatch):
+    """Every packaged config with its model options by their old flat names (as configs and
+    run folders' config.yaml files were written before the option groups) builds the same
+    module; a name given both ways is refused."""
+    from tasknorm.fit import TasknormCLI, resolve_config
+    from tasknorm.train.options import FLAT_NAMES, GROUPS
+
+    monkeypatch.setattr("sys.argv", ["tasknorm"])
+    old_names = {group_field: name for name, group_field in FLAT_NAMES.items()}
+    for name in ("multidigits", "cosreg_multidigits"):
+        config = yaml.safe_load(Path(resolve_config(name)).read_text())
+        flat = {key: value for key, value in config["model"].items() if key not in GROUPS}
+        for group in GROUPS:
+            flat.update({old_names[group, field]: value
+                         for field, value in config["model"].get(group, {}).items()})
+        (workdir / f"{name}.yaml").write_text(yaml.safe_dump({**config, "model": flat}))
+        modules = [TasknormCLI(["--config", path, "--model.backbone_args", '{"width": 4}'],
+                               run=False).model
+                   for path in (resolve_config(name), f"{name}.yaml")]
+        assert dict(modules[0].hparams) == dict(modules[1].hparams)
+    with pytest.raises(ValueError, match=r"lr is given twice: as lr and as optimization\.lr"):
+        TasknormCLI(["--config", "model: {lr: 0.1, optimization: {lr: 0.2}}"], run=False)

@@ -180,7 +180,9 @@ def test_tuning_picks_the_best_validation_point_and_reuses_its_seed_zero_run(
     (["lr=nan"], "--grid lr: values must be finite numbers, got 'nan'"),
     (["lr=0.1,0.1"], "--grid lr: repeated value in '0.1,0.1'"),
     (["lr=0.1", "lr=0.2"], "--grid key 'lr' is given twice"),
-    (["learning_rate=0.1"], "--grid key 'learning_rate' is not a model option (aggregator"),
+    (["lr=0.1", "optimization.lr=0.2"], "--grid key 'optimization.lr' is given twice"),
+    (["learning_rate=0.1"], "--grid key 'learning_rate' is not a model option (backbone"),
+    (["optimization.learning_rate=0.1"], "not a model option"),
     (["architecture=1"], "--grid key 'architecture' is not a model option"),
 ])
 def test_grid_errors_are_one_line_and_come_before_any_run(tmp_path, capsys, grid, message):
@@ -192,10 +194,14 @@ def test_grid_errors_are_one_line_and_come_before_any_run(tmp_path, capsys, grid
     assert not (tmp_path / "out").exists()
 
 
-def test_grid_must_not_contradict_a_fit_option(tmp_path, capsys):
+@pytest.mark.parametrize(("key", "option"), [
+    ("lr", "--model.lr=0.3"), ("optimization.lr", "--model.lr=0.3"),
+    ("lr", "--model.optimization.lr=0.3"), ("gates.mean", "--model.gate_init_mean")])
+def test_grid_must_not_contradict_a_fit_option(tmp_path, capsys, key, option):
     with pytest.raises(SystemExit):
-        main(["--grid", "lr=0.1,0.2", "--output", str(tmp_path / "out"), "--", "--model.lr=0.3"])
-    assert "--grid lr and the fit option --model.lr contradict" in capsys.readouterr().err
+        main(["--grid", f"{key}=0.1,0.2", "--output", str(tmp_path / "out"), "--", option, "1"])
+    name = option.partition("=")[0]
+    assert f"--grid {key} and the fit option {name} contradict" in capsys.readouterr().err
 
 
 def test_grid_points_are_the_product_of_the_values():
@@ -203,6 +209,8 @@ def test_grid_points_are_the_product_of_the_values():
         {"lr": 0.1, "momentum": 0.8}, {"lr": 0.1, "momentum": 0.9},
         {"lr": 0.2, "momentum": 0.8}, {"lr": 0.2, "momentum": 0.9}]
     assert compare.parse_grid(["step_size=10,20"]) == {"step_size": [10, 20]}  # ints stay ints
+    assert compare.parse_grid(["optimization.lr=0.1", "gates.mean=0,2"]) == {
+        "optimization.lr": [0.1], "gates.mean": [0, 2]}
 
 
 @pytest.mark.parametrize(("values", "higher", "fraction", "expected"), [

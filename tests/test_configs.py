@@ -17,7 +17,7 @@ from tasknorm.fit import TasknormCLI, packaged_configs, resolve_config
 FEW_STEPS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
              "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
              "--trainer.enable_progress_bar", "false", "--data.init_args.num_workers", "0"]
-FROM_SCRATCH = ["--model.gate_init", "normal"]
+FROM_SCRATCH = ["--model.gates.init", "normal"]
 
 # config -> (writer of its tiny dataset, extra options shrinking the model)
 PROTOCOLS = {
@@ -86,4 +86,4 @@ def test_multidigits_recipes(workdir, monkeypatch, config, gate_mean, heads_lr_m
     assert gates.numel() == 2 * 576 and all(m.init_mean == gate_mean for m in layers)
     assert gates.mean().item() == pytest.approx(gate_mean, abs=0.15)
     assert gates.std().item() == pytest.approx(1.0, abs=0.15)
-    assert cli.model.hparams.heads_lr_mult == heads_lr_mult
+    assert cli.model.optimization.heads_lr_mult == heads_lr_mult

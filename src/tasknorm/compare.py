@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import io
 import itertools
 import json
@@ -32,11 +31,12 @@ from typing import Any
 
 from tasknorm.curves import Curve, convergence, plot_curves, read_columns, read_curves
 from tasknorm.errors import ArgumentParser, RunFailed, UsageError, command
-from tasknorm.fit import resolve_config, run_cli
+from tasknorm.fit import model_defaults, resolve_config, run_cli
 from tasknorm.io import write_json, write_text
 from tasknorm.models import ARCHITECTURES, count_flops, count_parameters
 from tasknorm.tasks import delta_m
-from tasknorm.train import SELECTION_METRIC, MultiTaskModule
+from tasknorm.train import SELECTION_METRIC
+from tasknorm.train.options import grouped_name
 
 LABELS = {"single_task": "single-task", "hard": "hard sharing (BN)", "sigma": "hard sharing (σBN)",
           "task": "TSBN", "task_sigma": "TSσBN"}
@@ -51,23 +51,24 @@ RELATIVE_TUNING = ("Δm % of the primary validation metrics at the best epoch ag
 
 
 def parse_grid(entries: Sequence[str]) -> dict[str, list[int | float]]:
-    """``["lr=0.02,0.05", ...]`` → ``{"lr": [0.02, 0.05], ...}``: numeric values of
-    :class:`~tasknorm.train.MultiTaskModule` options, at most :data:`MAX_POINTS` combinations.
+    """``["optimization.lr=0.02,0.05", ...]`` → ``{"optimization.lr": [0.02, 0.05], ...}``:
+    numeric values of :class:`~tasknorm.train.MultiTaskModule` options, by their grouped or
+    old flat names (``lr``), at most :data:`MAX_POINTS` combinations.
 
     Example:
-        >>> parse_grid(["lr=0.02,0.05", "norm_lr_mult=10"])
-        {'lr': [0.02, 0.05], 'norm_lr_mult': [10]}
+        >>> parse_grid(["optimization.lr=0.02,0.05", "norm_lr_mult=10"])
+        {'optimization.lr': [0.02, 0.05], 'norm_lr_mult': [10]}
     """
-    options = sorted(set(inspect.signature(MultiTaskModule).parameters)
-                     - {"tasks", "architecture"})
+    grouped = sorted(set(model_defaults()) - {"architecture"})
     grid: dict[str, list[int | float]] = {}
     for entry in entries:
         key, equals, text = entry.partition("=")
         if not equals or not key or not text:
             raise ValueError(f"--grid entry {entry!r} is not KEY=V1,V2,...")
-        if key not in options:
-            raise ValueError(f"--grid key {key!r} is not a model option ({', '.join(options)})")
-        if key in grid:
+        if grouped_name(key) not in grouped:
+            raise ValueError(f"--grid key {key!r} is not a model option ({', '.join(grouped)}; "
+                             "or an old flat name such as lr)")
+        if any(grouped_name(key) == grouped_name(other) for other in grid):
             raise ValueError(f"--grid key {key!r} is given twice")
         values = [_number(value) for value in text.split(",")]
         if None in values:
@@ -265,7 +266,8 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--baseline", help="single-task results JSON ({task: {metric: value}})")
     parser.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
                         help=f"tune model options on seed 0 (at most {MAX_POINTS} points), e.g. "
-                             "lr=0.02,0.05 norm_lr_mult=1,10")
+                             "optimization.lr=0.02,0.05 optimization.norm_lr_mult=1,10 (old flat "
+                             "names such as lr work too)")
     parser.add_argument("--output", default="runs/compare", help="folder for logs and tables")
     parser.add_argument("overrides", nargs="*",
                         help="extra fit options after --, e.g. -- --trainer.max_epochs 4")
@@ -274,9 +276,12 @@ def main(argv: Sequence[str]) -> None:
         parser.error(f"--seeds and --epochs must be at least 1, got {args.seeds} and "
                      f"{args.epochs}")
     grid = parse_grid(args.grid) if args.grid else None
+    given = {grouped_name(o.partition("=")[0].removeprefix("--model.")): o.partition("=")[0]
+             for o in args.overrides if o.startswith("--model.")}
     for key in grid or {}:
-        if any(o == f"--model.{key}" or o.startswith(f"--model.{key}=") for o in args.overrides):
-            parser.error(f"--grid {key} and the fit option --model.{key} contradict each other")
+        if grouped_name(key) in given:
+            parser.error(f"--grid {key} and the fit option {given[grouped_name(key)]} "
+                         "contradict each other")
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
         parser.error(f"output folder {output} is not empty; choose another --output")

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from tasknorm.analysis.checkpoint import read_checkpoint
 from tasknorm.errors import UsageError
 from tasknorm.io import write_json
 from tasknorm.train import MultiTaskModule
+from tasknorm.train.options import FLAT_NAMES, GROUPS, group_options, grouped_name
 
 CONFIGS = files("tasknorm") / "configs"
 DEFAULT_CONFIG = str(CONFIGS / "multidigits.yaml")
@@ -87,7 +90,8 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 class TasknormCLI(LightningCLI):
-    """LightningCLI for :class:`MultiTaskModule`; the datamodule supplies the tasks."""
+    """LightningCLI for :class:`MultiTaskModule`; the datamodule supplies the tasks. Model
+    options in ``args`` may also have their old flat names (:func:`grouped_args`)."""
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True,
                  quiet: bool = False) -> None:
@@ -97,7 +101,8 @@ class TasknormCLI(LightningCLI):
         # with the usage text
         raising = {"exit_on_error": False}
         super().__init__(
-            MultiTaskModule, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
+            MultiTaskModule, L.LightningDataModule, subclass_mode_data=True, run=run,
+            args=None if args is None else grouped_args(list(args)),
             parser_kwargs={**raising, **{name: raising for name in self.subcommands()}})
 
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -128,10 +133,10 @@ class TasknormCLI(LightningCLI):
         if given:
             raise UsageError(f"{' and '.join(given)} would train every parameter alike, "
                              "dropping the norm and heads parameter groups; use the model's "
-                             "options instead: --model.optimizer (sgd or adam), --model.lr, "
-                             "--model.momentum, --model.weight_decay, --model.norm_lr_mult, "
-                             "--model.norm_weight_decay, --model.heads_lr_mult and "
-                             "--model.scheduler (cosine, poly, step or none)")
+                             "options instead: --model.optimization.NAME for optimizer (sgd or "
+                             "adam), lr, momentum, weight_decay, norm_lr_mult, "
+                             "norm_weight_decay, heads_lr_mult and scheduler (cosine, poly, "
+                             "step or none)")
 
     def before_fit(self) -> None:
         """Check, before any data is read, that every callback's monitored metric is one the
@@ -205,24 +210,25 @@ def checkpoint_differences(checkpoint: dict[str, Any], config: dict[str, Any]) -
     ``config`` (a subcommand's dumped configuration) differ from those ``checkpoint`` was
     written with, each as ``"<option>: <checkpoint value> in the checkpoint, <value> here"``.
 
-    An option the checkpoint does not record took :class:`MultiTaskModule`'s default; data
-    options are compared when the checkpoint records them, except :data:`DATA_LOCATION`.
+    Model options are compared by their grouped names (``model.optimization.lr``), also with a
+    checkpoint that saved them by their old flat names; one that either side does not give took
+    :class:`MultiTaskModule`'s default. Data options are compared when the checkpoint records
+    them, except :data:`DATA_LOCATION`.
 
     Example:
         >>> checkpoint = {"hyper_parameters": {"architecture": "task_sigma", "lr": 0.05},
         ...               "datamodule_hyper_parameters": {"variant": "left_right"}}
-        >>> config = {"model": {"architecture": "hard", "lr": 0.05},
+        >>> config = {"model": {"architecture": "hard", "optimization": {"lr": 0.1}},
         ...           "data": {"init_args": {"variant": "even_odd", "num_workers": 2}}}
         >>> for difference in checkpoint_differences(checkpoint, config):
         ...     print(difference)
         model.architecture: 'task_sigma' in the checkpoint, 'hard' here
+        model.optimization.lr: 0.05 in the checkpoint, 0.1 here
         data.variant: 'left_right' in the checkpoint, 'even_odd' here
     """
-    defaults = {name: parameter.default for name, parameter
-                in inspect.signature(MultiTaskModule).parameters.items()}
-    saved = checkpoint.get("hyper_parameters") or {}
-    pairs = [(f"model.{key}", saved.get(key, defaults.get(key)), value)
-             for key, value in (config.get("model") or {}).items() if key != "tasks"]
+    saved = model_options(checkpoint.get("hyper_parameters") or {})
+    given = model_options(config.get("model") or {})
+    pairs = [(f"model.{name}", saved[name], given[name]) for name in saved]
     saved_data = checkpoint.get("datamodule_hyper_parameters")
     if saved_data:
         data = config.get("data") or {}
@@ -233,6 +239,32 @@ def checkpoint_differences(checkpoint: dict[str, Any], config: dict[str, Any]) -
                   if key in saved_data and key not in DATA_LOCATION]
     return [f"{option}: {old!r} in the checkpoint, {new!r} here"
             for option, old, new in pairs if _plain(old) != _plain(new)]
+
+
+def model_defaults() -> dict[str, Any]:
+    """Every option of :class:`MultiTaskModule` but ``tasks``, by its grouped name
+    (``backbone``, ``optimization.lr``, ``gates.mean``, ...), with its default."""
+    defaults: dict[str, Any] = {}
+    for name, parameter in inspect.signature(MultiTaskModule).parameters.items():
+        if name in GROUPS:
+            defaults.update({f"{name}.{field.name}": field.default
+                             for field in fields(GROUPS[name])})
+        elif name != "tasks" and parameter.kind is not parameter.VAR_KEYWORD:
+            defaults[name] = parameter.default
+    return defaults
+
+
+def model_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`model_defaults` with the values ``options`` gives (a ``model`` config section or
+    a checkpoint's hyper-parameters, grouped or by the old flat names); other keys are
+    ignored."""
+    values = model_defaults()
+    for key, value in group_options(options).items():
+        items = value.items() if key in GROUPS and isinstance(value, Mapping) else ()
+        for name, item in [(key, value), *((f"{key}.{field}", i) for field, i in items)]:
+            if name in values:
+                values[name] = item
+    return values
 
 
 def _plain(value: Any) -> Any:
@@ -255,6 +287,39 @@ def resolve_configs(args: list[str]) -> list[str]:
     return resolved
 
 
+def grouped_args(args: list[str]) -> list[str]:
+    """``args`` with the model options given by their old flat names
+    (:data:`~tasknorm.train.options.FLAT_NAMES`) grouped: ``--model.lr 0.1`` →
+    ``--model.optimization.lr 0.1``, and a ``--config`` (file or YAML text) whose ``model``
+    section has them → YAML text of that config with them grouped
+    (:func:`~tasknorm.train.options.group_options`). Other arguments are kept as they are."""
+    grouped = []
+    for i, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if name.startswith("--model.") and name.removeprefix("--model.") in FLAT_NAMES:
+            arg = f"--model.{grouped_name(name.removeprefix('--model.'))}{equals}{value}"
+        elif name == "--config" and equals:
+            arg = f"--config={_grouped_config(value)}"
+        elif i > 0 and args[i - 1] == "--config":
+            arg = _grouped_config(arg)
+        grouped.append(arg)
+    return grouped
+
+
+def _grouped_config(value: str) -> str:
+    """A ``--config`` value as it is, or, if its ``model`` section gives options by their old
+    flat names, YAML text of the config with them grouped."""
+    try:
+        text = Path(value).read_text() if Path(value).is_file() else value
+        config = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError):
+        return value  # jsonargparse reports it
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or not FLAT_NAMES.keys() & model.keys():
+        return value
+    return yaml.safe_dump({**config, "model": group_options(model)}, sort_keys=False)
+
+
 def run_cli(args: list[str], quiet: bool = False) -> TasknormCLI:
     """Run :class:`TasknormCLI` on ``args`` (a subcommand and its options); without a
     ``--config`` the MultiDigits default config is used. (It is not a default config file of
@@ -262,6 +327,7 @@ def run_cli(args: list[str], quiet: bool = False) -> TasknormCLI:
     if args[:1] in (["fit"], ["validate"], ["test"]) and not any(
             a == "--config" or a.startswith("--config=") for a in args):
         args = [args[0], "--config", DEFAULT_CONFIG, *args[1:]]
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         # testing restores a checkpoint without its run's logger; ModelCheckpoint's bookkeeping

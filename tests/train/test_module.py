@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from tasknorm.data import MultiDigitsDataModule
-from tasknorm.train import SELECTION_METRIC, MultiTaskModule
+from tasknorm.train import (
+    SELECTION_METRIC,
+    Balancing,
+    Gates,
+    MultiTaskModule,
+    Optimization,
+    Regularization,
+)
+from tasknorm.train.options import FLAT_NAMES, GROUPS, group_options
 
 
 @pytest.fixture
@@ -29,7 +37,7 @@ def module(data, **kwargs):
 @pytest.mark.parametrize("architecture", ["single_task", "hard", "task_sigma"])
 def test_fit_validates_and_tests(tmp_path, data, architecture, weighting):
     L.seed_everything(0)
-    model = module(data, architecture=architecture, weighting=weighting)
+    model = module(data, architecture=architecture, balancing={"weighting": weighting})
     fit = trainer(tmp_path, enable_checkpointing=False)
     fit.fit(model, data)
     assert SELECTION_METRIC in fit.callback_metrics
@@ -93,13 +101,13 @@ def test_incompatible_checkpoint_is_refused(tmp_path, data):
 
 def test_bad_options(data):
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
-        module(data, optimizer="rmsprop")
+        module(data, optimization={"optimizer": "rmsprop"})
     with pytest.raises(ValueError, match="unknown loss weighting 'upgrad'"):
-        module(data, weighting="upgrad")
+        module(data, balancing={"weighting": "upgrad"})
     with pytest.raises(ValueError, match="unknown aggregator 'gradnorm'"):
-        module(data, aggregator="gradnorm")
+        module(data, balancing={"aggregator": "gradnorm"})
     with pytest.raises(ValueError, match=r"weighting 'gradnorm' need.* 'single_task' has none"):
-        module(data, weighting="gradnorm", architecture="single_task")
+        module(data, balancing={"weighting": "gradnorm"}, architecture="single_task")
     with pytest.raises(ValueError, match="unknown architecture 'soft'"):
         module(data, architecture="soft")
 
@@ -112,8 +120,86 @@ def test_bad_options(data):
     ("step_gamma", 0.0, "in (0, 1]"), ("cosreg_alpha", -1.0, "non-negative"),
 ])
 def test_numbers_out_of_range_are_refused_when_built(data, option, value, wording):
-    with pytest.raises(ValueError, match=re.escape(f"{option} must be {wording}, got {value}")):
+    """By the group (built alone or through the module, by grouped or old flat name)."""
+    group, field = FLAT_NAMES[option]
+    message = re.escape(f"{option} must be {wording}, got {value}")
+    with pytest.raises(ValueError, match=message):
+        GROUPS[group](**{field: value})
+    with pytest.raises(ValueError, match=message):
+        module(data, **{group: {field: value}})
+    with pytest.raises(ValueError, match=message):
         module(data, **{option: value})
+
+
+@pytest.mark.parametrize(("group", "fields", "message"), [
+    ("optimization", {"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+    ("optimization", {"scheduler": "linear"}, "unknown scheduler 'linear'"),
+    ("balancing", {"aggregator": "upgrad", "weighting": "dwa"}, "replaces the loss weighting"),
+])
+def test_each_group_checks_its_names(group, fields, message):
+    with pytest.raises(ValueError, match=message):
+        GROUPS[group](**fields)
+
+
+def test_groups_and_flat_names_build_the_same_module(data):
+    """Every old flat name reaches its group's field; hyper-parameters are saved grouped, as
+    plain mappings (checkpoints load with ``weights_only=True``)."""
+    flat = {"optimizer": "adam", "lr": 0.02, "momentum": 0.5, "weight_decay": 0.0,
+            "norm_lr_mult": 2.0, "norm_weight_decay": 1e-5, "heads_lr_mult": 3.0,
+            "scheduler": "step", "step_size": 3, "step_gamma": 0.25, "gate_init": "normal",
+            "gate_init_mean": 0.5, "gate_init_std": 0.5, "weighting": "fixed",
+            "weighting_args": {"weights": {"left": 1.0, "right": 2.0}}, "aggregator": None,
+            "aggregator_args": None, "cosreg_alpha": 1.0, "cosreg_args": {"eps": 1e-6}}
+    assert set(flat) == set(FLAT_NAMES)
+    old = module(data, architecture="hard", **flat)
+    new = module(data, architecture="hard", optimization=Optimization(
+        optimizer="adam", lr=0.02, momentum=0.5, weight_decay=0.0, norm_lr_mult=2.0,
+        norm_weight_decay=1e-5, heads_lr_mult=3.0, scheduler="step", step_size=3,
+        step_gamma=0.25), gates=Gates(init="normal", mean=0.5, std=0.5),
+        balancing=Balancing(weighting="fixed",
+                            weighting_args={"weights": {"left": 1.0, "right": 2.0}}),
+        regularization=Regularization(cosreg_alpha=1.0, cosreg_args={"eps": 1e-6}))
+    assert dict(old.hparams) == dict(new.hparams)
+    assert new.hparams["optimization"]["lr"] == 0.02 and new.hparams["gates"]["mean"] == 0.5
+    assert all(type(new.hparams[name]) is dict for name in GROUPS)
+    assert (old.optimization, old.gates, old.balancing, old.regularization) == (
+        new.optimization, new.gates, new.balancing, new.regularization)
+
+
+def test_unknown_options_are_refused(data):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['learning_rate'\]"):
+        module(data, learning_rate=0.1)
+    with pytest.raises(TypeError, match=r"unknown optimization option\(s\) \['lrr'\]"):
+        module(data, optimization={"lrr": 0.1})
+    with pytest.raises(ValueError, match=r"lr is given twice: as lr and as optimization\.lr"):
+        group_options({"lr": 0.1, "optimization": {"lr": 0.2}})
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_checkpoints_round_trip_the_groups(tmp_path, data, flat):
+    """A checkpoint loads to the module's options, also one written before the groups existed
+    (its hyper-parameters by the old flat names, and Lightning's CLI instantiator)."""
+    L.seed_everything(0)
+    model = module(data, optimization={"lr": 0.02, "scheduler": "none"}, gates={"mean": 0.5},
+                   balancing={"weighting": "dwa"})
+    fit = trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+                  enable_checkpointing=False)
+    fit.fit(model, data)
+    path = tmp_path / "model.ckpt"
+    fit.save_checkpoint(path)
+    if flat:
+        checkpoint = torch.load(path, weights_only=True)
+        hparams = {key: value for key, value in checkpoint["hyper_parameters"].items()
+                   if key not in GROUPS}
+        hparams.update({"lr": 0.02, "scheduler": "none", "gate_init_mean": 0.5,
+                        "weighting": "dwa",
+                        "_instantiator": "lightning.pytorch.cli.instantiate_module"})
+        checkpoint["hyper_parameters"] = hparams
+        torch.save(checkpoint, path)
+    loaded = MultiTaskModule.load_from_checkpoint(path, tasks=data.tasks)
+    assert dict(loaded.hparams) == dict(model.hparams)
+    assert (loaded.optimization, loaded.gates, loaded.balancing) == (
+        model.optimization, model.gates, model.balancing)
 
 
 def test_a_diverged_validation_stops_before_any_checkpoint(tmp_path, data):
@@ -151,7 +237,8 @@ def test_new_weightings_train_under_automatic_optimization(tmp_path, data, weigh
 
 
 def test_norm_parameters_and_heads_get_their_multipliers(data):
-    model = module(data, lr=0.01, norm_lr_mult=100, heads_lr_mult=7, scheduler="none")
+    model = module(data, optimization=Optimization(lr=0.01, norm_lr_mult=100, heads_lr_mult=7,
+                                                   scheduler="none"))
     groups = model.configure_optimizers()["optimizer"].param_groups
     assert [g["name"] for g in groups] == ["weights", "norm", "heads"]
     assert [g["lr"] for g in groups] == pytest.approx([0.01, 1.0, 0.07])
@@ -165,7 +252,7 @@ def test_norm_parameters_and_heads_get_their_multipliers(data):
 
 @pytest.mark.parametrize("architecture", ["sigma", "task_sigma"])
 def test_gate_init_reaches_the_gates(data, architecture):
-    model = module(data, architecture=architecture, gate_init_mean=-2.0, gate_init_std=0.25,
+    model = module(data, architecture=architecture, gates=Gates(mean=-2.0, std=0.25),
                    backbone_args={"width": 64})
     gates = torch.cat([m.gate_logit.flatten() for m in model.modules() if hasattr(m, "gate")])
     assert gates.numel() >= 576
@@ -179,8 +266,8 @@ def test_gate_init_reaches_the_gates(data, architecture):
     ("cosine", [0.05 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]),
 ])
 def test_schedulers_follow_their_formula(data, scheduler, expected):
-    model = module(data, scheduler=scheduler, step_size=2, step_gamma=0.5, lr=0.1,
-                   norm_lr_mult=1.0)
+    model = module(data, optimization=Optimization(scheduler=scheduler, step_size=2,
+                                                   step_gamma=0.5, lr=0.1, norm_lr_mult=1.0))
     model.trainer = type("T", (), {"max_epochs": 4})()
     config = model.configure_optimizers()
     optimizer, schedule = config["optimizer"], config["lr_scheduler"]

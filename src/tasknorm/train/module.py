@@ -8,10 +8,10 @@ or the mean over tasks of each primary metric's relative gain over the first val
 (``selection="relative"``, for tasks whose metrics live on different scales, such as mIoU,
 depth error in metres and normal angle in degrees).
 
-Options are checked when the module is built (names, and numbers against :data:`RANGES`). A
-run whose model diverges stops with ``FloatingPointError``: a non-finite training loss at that
-step, a non-finite validation loss or score at the end of that validation epoch, before any
-checkpoint of it is written.
+Options are checked when the module is built (names, and numbers by their option groups,
+:mod:`tasknorm.train.options`). A run whose model diverges stops with ``FloatingPointError``: a
+non-finite training loss at that step, a non-finite validation loss or score at the end of that
+validation epoch, before any checkpoint of it is written.
 
 Plain loss weightings train under Lightning's automatic optimization. A gradient aggregator
 (:mod:`tasknorm.train.aggregation`) or CosReg (:mod:`tasknorm.train.cosreg`) switches the module
@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict
 from functools import partial
 from typing import Any, Literal
 
@@ -33,7 +34,6 @@ from torch import Tensor, nn
 from tasknorm.models import MultiTaskModel, build_backbone
 from tasknorm.models.multitask import Architecture
 from tasknorm.nn import param_groups, set_sync_stats
-from tasknorm.nn.convert import GATE_INIT_MEAN, GATE_INIT_STD, GateInit
 from tasknorm.nn.routing import Layout
 from tasknorm.tasks import Task
 from tasknorm.train.aggregation import (
@@ -44,39 +44,19 @@ from tasknorm.train.aggregation import (
 )
 from tasknorm.train.cosreg import CosReg
 from tasknorm.train.gradients import shared_parameters, task_gradients
+from tasknorm.train.options import (
+    Balancing,
+    Gates,
+    Optimization,
+    Regularization,
+    build_groups,
+)
 from tasknorm.train.weighting import build_weighting
 
 SELECTION_METRIC = "val/selection"
-SCHEDULERS = ("cosine", "poly", "step", "none")
 SELECTIONS = ("mean", "relative")
-RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "lr": (lambda v: 0 <= v < math.inf, "non-negative"),
-    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (lambda v: 0 <= v < math.inf, "non-negative"),
-    "norm_lr_mult": (lambda v: 0 <= v < math.inf, "non-negative"),
-    "norm_weight_decay": (lambda v: 0 <= v < math.inf, "non-negative"),
-    "heads_lr_mult": (lambda v: 0 <= v < math.inf, "non-negative"),
-    "step_size": (lambda v: v >= 1, "at least 1"),
-    "step_gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "cosreg_alpha": (lambda v: 0 <= v < math.inf, "non-negative"),
-}
-"""Valid values of the numeric options (finite, hence not NaN): a test and its wording."""
-
-
-def check_ranges(values: dict[str, float]) -> None:
-    """Raise ValueError naming the first option of ``values`` outside its :data:`RANGES`.
-
-    Example:
-        >>> check_ranges({"lr": 0.05, "momentum": 0.9})
-        >>> check_ranges({"lr": 0.05, "momentum": 1.5})
-        Traceback (most recent call last):
-        ...
-        ValueError: momentum must be in [0, 1), got 1.5
-    """
-    for name, value in values.items():
-        inside, wording = RANGES[name]
-        if not inside(value):
-            raise ValueError(f"{name} must be {wording}, got {value}")
+_OPTIMIZATION, _GATES, _BALANCING, _REGULARIZATION = (
+    Optimization(), Gates(), Balancing(), Regularization())
 
 
 class MultiTaskModule(L.LightningModule):
@@ -89,40 +69,23 @@ class MultiTaskModule(L.LightningModule):
         head: name of a head in :data:`tasknorm.models.heads.HEADS` built for every task, or
             ``None`` for each task's own default head.
         architecture: ``single_task``, ``hard``, ``sigma``, ``task`` (TSBN) or ``task_sigma``.
-        weighting: a loss weighting in :data:`tasknorm.train.WEIGHTINGS` (``equal``, ``fixed``,
-            ``uncertainty``, ``dwa``, ``gradnorm``, ``rlw``).
-        weighting_args: keyword arguments of the weighting, e.g. ``{"weights": {...}}`` for
-            ``fixed``.
-        aggregator: a gradient aggregator in :data:`tasknorm.train.AGGREGATORS` (``upgrad``,
-            ``mgda``, ``pcgrad``, ...) applied to the per-task gradients of all shared backbone
-            parameters, or ``None``; needs ``weighting="equal"``.
-        aggregator_args: keyword arguments of the aggregator, e.g. ``{"c": 0.4}`` for ``cagrad``.
-        cosreg_alpha: strength of the CosReg penalty; 0 turns it off.
-        cosreg_args: other arguments of :class:`~tasknorm.train.CosReg` (``loss_scaled``,
-            ``parameters``, ``eps``, ``max_grad_ratio``, ``warmup_steps``).
-        optimizer: ``sgd`` (momentum, Nesterov) or ``adam``.
-        lr: base learning rate.
-        momentum: SGD momentum.
-        weight_decay: weight decay of non-normalization parameters.
-        norm_lr_mult: learning-rate multiplier of normalization parameters (σBN recipe: 10).
-        norm_weight_decay: weight decay of normalization parameters (σBN recipe: 0).
-        heads_lr_mult: learning-rate multiplier of the task heads (their norm layers included,
-            which get ``norm_weight_decay``); see :func:`tasknorm.nn.param_groups`.
-        scheduler: ``cosine`` (over ``max_epochs``), ``poly`` (``(1 − epoch / max_epochs)^0.9``,
-            Vandenhende et al.), ``step`` (multiply the learning rate by
-            ``step_gamma`` every ``step_size`` epochs: mtan / LibMTL's StepLR(100, 0.5)) or
-            ``none``.
-        step_size: epochs between learning-rate drops of ``scheduler="step"``.
-        step_gamma: factor of each drop of ``scheduler="step"``.
-        gate_init: σ-gate initialisation for converted backbones (``normal`` or ``pretrained``).
-        gate_init_mean: mean of the raw σ gates with ``gate_init="normal"``.
-        gate_init_std: their standard deviation.
         layout: batch layout of the all-tasks pass.
+        sync_stats: synchronise the batch statistics of σBN / TSBN / TSσBN layers across
+            processes (``tasknorm.nn.set_sync_stats``).
         selection: how ``val/selection`` combines the tasks' primary validation metrics:
             ``mean`` (signed mean) or ``relative`` (mean relative gain over the first
             validation epoch, in percent).
-        sync_stats: synchronise the batch statistics of σBN / TSBN / TSσBN layers across
-            processes (``tasknorm.nn.set_sync_stats``).
+        optimization: the optimizer, parameter groups and schedule
+            (:class:`~tasknorm.train.Optimization`).
+        gates: how the σ gates of a converted backbone start (:class:`~tasknorm.train.Gates`).
+        balancing: the loss weighting or gradient aggregator
+            (:class:`~tasknorm.train.Balancing`).
+        regularization: the CosReg penalty (:class:`~tasknorm.train.Regularization`).
+        legacy: options by their old flat names (``lr=0.1``, ``gate_init_mean=0.0``, ...:
+            :data:`~tasknorm.train.options.FLAT_NAMES`), set over the groups; how checkpoints
+            written before the groups existed load.
+
+    Each group may also be given as a mapping of its fields, as checkpoints save it.
     """
 
     def __init__(
@@ -132,53 +95,42 @@ class MultiTaskModule(L.LightningModule):
         backbone_args: dict[str, Any] | None = None,
         head: str | None = None,
         architecture: Architecture = "task_sigma",
-        weighting: str = "equal",
-        weighting_args: dict[str, Any] | None = None,
-        optimizer: Literal["sgd", "adam"] = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        norm_lr_mult: float = 10.0,
-        norm_weight_decay: float = 0.0,
-        heads_lr_mult: float = 1.0,
-        scheduler: Literal["cosine", "poly", "step", "none"] = "cosine",
-        step_size: int = 100,
-        step_gamma: float = 0.5,
-        gate_init: GateInit = "normal",
-        gate_init_mean: float = GATE_INIT_MEAN,
-        gate_init_std: float = GATE_INIT_STD,
         layout: Layout = "task_major",
-        selection: Literal["mean", "relative"] = "mean",
         sync_stats: bool = False,
-        aggregator: str | None = None,
-        aggregator_args: dict[str, Any] | None = None,
-        cosreg_alpha: float = 0.0,
-        cosreg_args: dict[str, Any] | None = None,
+        selection: Literal["mean", "relative"] = "mean",
+        optimization: Optimization = _OPTIMIZATION,
+        gates: Gates = _GATES,
+        balancing: Balancing = _BALANCING,
+        regularization: Regularization = _REGULARIZATION,
+        **legacy: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["tasks"])
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"unknown optimizer {optimizer!r}; expected 'sgd' or 'adam'")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULERS}")
         if selection not in SELECTIONS:
             raise ValueError(f"unknown selection {selection!r}; expected one of {SELECTIONS}")
-        check_ranges({"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-                      "norm_lr_mult": norm_lr_mult, "norm_weight_decay": norm_weight_decay,
-                      "heads_lr_mult": heads_lr_mult, "step_size": step_size,
-                      "step_gamma": step_gamma, "cosreg_alpha": cosreg_alpha})
+        groups = build_groups({"optimization": optimization, "gates": gates,
+                               "balancing": balancing, "regularization": regularization}, legacy)
+        self.optimization: Optimization = groups["optimization"]
+        self.gates: Gates = groups["gates"]
+        self.balancing: Balancing = groups["balancing"]
+        self.regularization: Regularization = groups["regularization"]
+        self.save_hyperparameters({
+            "backbone": backbone, "backbone_args": backbone_args, "head": head,
+            "architecture": architecture, "layout": layout, "sync_stats": sync_stats,
+            "selection": selection, **{name: asdict(group) for name, group in groups.items()}})
+        balance, cosreg_alpha = self.balancing, self.regularization.cosreg_alpha
         self.tasks = {task.name: task for task in tasks}
         builder = partial(build_backbone, backbone, **(backbone_args or {}))
-        self.model = MultiTaskModel(builder, list(tasks), architecture, gate_init, layout, head,
-                                    gate_init_mean, gate_init_std)
+        self.model = MultiTaskModel(builder, list(tasks), architecture, self.gates.init, layout,
+                                    head, self.gates.mean, self.gates.std)
         if sync_stats:
             set_sync_stats(self.model)
         self.directions = {name: task.higher_is_better for name, task in self.tasks.items()}
-        self.weighting = build_weighting(weighting, list(self.tasks), **(weighting_args or {}))
+        self.weighting = build_weighting(balance.weighting, list(self.tasks),
+                                         **(balance.weighting_args or {}))
         backbone = getattr(self.model, "backbone", None)
         needs_backbone = [what for what, used in (
-            (f"weighting {weighting!r}", hasattr(self.weighting, "attach")),
-            (f"aggregator {aggregator!r}", aggregator is not None),
+            (f"weighting {balance.weighting!r}", hasattr(self.weighting, "attach")),
+            (f"aggregator {balance.aggregator!r}", balance.aggregator is not None),
             ("CosReg", cosreg_alpha > 0)) if used]
         if needs_backbone and backbone is None:
             raise ValueError(f"{' and '.join(needs_backbone)} need(s) parameters shared by all "
@@ -186,17 +138,14 @@ class MultiTaskModule(L.LightningModule):
         if hasattr(self.weighting, "attach"):
             self.weighting.attach(backbone)
         self.aggregator: nn.Module | None = None
-        if aggregator is not None:
-            if weighting != "equal":
-                raise ValueError(f"aggregator {aggregator!r} replaces the loss weighting; use "
-                                 f"weighting='equal', not {weighting!r}")
+        if balance.aggregator is not None:
             if cosreg_alpha > 0:
                 raise ValueError("CosReg and a gradient aggregator cannot be combined")
-            self.aggregator = build_aggregator(aggregator, len(self.tasks),
-                                               **(aggregator_args or {}))
+            self.aggregator = build_aggregator(balance.aggregator, len(self.tasks),
+                                               **(balance.aggregator_args or {}))
         self.cosreg: CosReg | None = None
         if cosreg_alpha > 0:
-            self.cosreg = CosReg(cosreg_alpha, **(cosreg_args or {}))
+            self.cosreg = CosReg(cosreg_alpha, **(self.regularization.cosreg_args or {}))
             self.cosreg.attach(backbone)
         self.automatic_optimization = self.aggregator is None and self.cosreg is None
         self.selection_reference: dict[str, float] | None = None
@@ -207,6 +156,14 @@ class MultiTaskModule(L.LightningModule):
             stage: nn.ModuleDict({name: task.build_metrics() for name, task in self.tasks.items()})
             for stage in ("val", "test")
         })
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any,
+                             **kwargs: Any) -> MultiTaskModule:
+        """Lightning's, building the module from the saved options with its constructor: those of
+        a checkpoint written before the option groups existed have the old flat names, which it
+        reads but the instantiator of Lightning's CLI, saved with them, would refuse."""
+        return super().load_from_checkpoint(checkpoint_path, *args, _instantiator=None, **kwargs)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.model(x)
@@ -322,7 +279,7 @@ class MultiTaskModule(L.LightningModule):
         return names
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+        hp = self.optimization
         groups = param_groups(self, hp.lr, weight_decay=hp.weight_decay,
                               norm_lr_mult=hp.norm_lr_mult,
                               norm_weight_decay=hp.norm_weight_decay, heads=self.model.heads,
@@ -336,7 +293,7 @@ class MultiTaskModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": self._scheduler(optimizer)}
 
     def _scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        hp = self.hparams
+        hp = self.optimization
         if hp.scheduler == "step":
             return torch.optim.lr_scheduler.StepLR(optimizer, hp.step_size, hp.step_gamma)
         epochs = self.trainer.max_epochs
