@@ -434,18 +434,15 @@ def test_finite_gradients(case, precision, layout, offset):
             assert param.grad is not None and torch.isfinite(param.grad).all(), name
 
 
-def compile_cases() -> list:
-    """The first case of each layer class; tracing takes seconds on CPU, so all but TSσBN are
-    marked slow."""
+def compile_cases() -> list[LayerCase]:
+    """The first case of each layer class (tracing takes about a second each on CPU)."""
     first: dict[type, LayerCase] = {}
     for case in LAYER_CASES:
         first.setdefault(type(case.make(TASKS)), case)
-    return [pytest.param(case, id=cls.__name__,
-                         marks=() if cls is TaskSigmaBatchNorm2d else pytest.mark.slow)
-            for cls, case in first.items()]
+    return list(first.values())
 
 
-@pytest.mark.parametrize("case", compile_cases())
+@pytest.mark.parametrize("case", named(compile_cases()))
 def test_same_outputs_under_compile(case):
     """A compiled layer computes what the eager one does, for each route in turn (the route is
     read at run time, not baked into the compiled graph), in training and eval, in one graph.
