@@ -470,7 +470,10 @@ def test_every_layer_class_and_kind_has_a_case():
                if inspect.isclass(obj := getattr(tasknorm.nn, name))
                and issubclass(obj, nn.Module) and not inspect.isabstract(obj)}
     covered = {type(m) for case in LAYER_CASES for m in case.make(TASKS).modules()}
-    assert classes <= covered, classes - covered
+    # a public base class (BatchNormStats, SigmaBatchNorm) is covered through its subclasses
+    uncovered = {c for c in classes if not any(issubclass(k, c) for k in covered)}
+    assert not uncovered, uncovered
+    assert classes - {c for c in classes if c.__subclasses__()} <= covered
     sources = [lambda: nn.BatchNorm1d(C), lambda: nn.BatchNorm2d(C), lambda: nn.LayerNorm(C),
                lambda: LayerNorm2d(C), lambda: BatchNormAct2d(C), lambda: LayerNormAct2d(C),
                lambda: LayerNormAct(C)]
