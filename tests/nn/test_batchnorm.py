@@ -310,25 +310,14 @@ def test_gate_is_sigmoid_of_gate_logit():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", [None, "task_major", "sample_major"])  # None: one task
 @pytest.mark.parametrize(("cls", "dims"), TASK_LAYERS)
-def test_low_precision_inputs_get_float32_statistics(cls, dims, layout, dtype, autocast):
+def test_low_precision_inputs_get_float32_statistics(cls, dims, layout, dtype, autocast,
+                                                     low_precision_check):
     torch.manual_seed(0)
     layer = cls(4, TASKS)
     randomise(layer)
     refs = [bn.double() for bn in reference_bns(layer, dims)]
     inputs = [(make_input(dims, 16) * 10 + 300).to(dtype) for _ in TASKS]  # sums overflow fp16
-    if layout is None:
-        x, route, expected = inputs[1], use_task(TASKS[1]), [refs[1](inputs[1].double())]
-    else:
-        x = torch.cat(inputs) if layout == "task_major" else torch.stack(inputs, 1).flatten(0, 1)
-        route = use_all_tasks(layout)
-        expected = [bn(i.double()) for bn, i in zip(refs, inputs, strict=True)]
-    with route, torch.autocast("cpu", dtype=dtype, enabled=autocast):
-        y = layer(x)
-    assert y.dtype == dtype
-    outputs = [y] if layout is None else unstack_tasks(y, len(TASKS), layout)
-    eps = torch.finfo(dtype).eps
-    for out, ref in zip(outputs, expected, strict=True):
-        torch.testing.assert_close(out.double(), ref, rtol=2 * eps, atol=2 * eps)
+    low_precision_check(layer, refs, inputs, TASKS, layout, dtype, autocast)
     tasks = [1] if layout is None else range(len(TASKS))
     for t in tasks:
         torch.testing.assert_close(layer.running_mean[t], refs[t].running_mean.float())

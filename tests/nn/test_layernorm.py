@@ -132,22 +132,11 @@ def test_copies_behave_the_same():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", [None, "task_major", "sample_major"])  # None: one task
 @pytest.mark.parametrize(("make", "shape"), LAYERS)
-def test_low_precision_inputs_are_normalised_in_float32(make, shape, layout, dtype, autocast):
+def test_low_precision_inputs_are_normalised_in_float32(make, shape, layout, dtype, autocast,
+                                                        low_precision_check):
     torch.manual_seed(0)
     layer = make()
     randomise(layer)
     refs = [ln.double() for ln in reference_lns(layer)]
     inputs = [(torch.randn(shape) * 30 + 300).to(dtype) for _ in TASKS]
-    if layout is None:
-        x, route, expected = inputs[1], use_task(TASKS[1]), [refs[1](inputs[1].double())]
-    else:
-        x = torch.cat(inputs) if layout == "task_major" else torch.stack(inputs, 1).flatten(0, 1)
-        route = use_all_tasks(layout)
-        expected = [ln(i.double()) for ln, i in zip(refs, inputs, strict=True)]
-    with route, torch.autocast("cpu", dtype=dtype, enabled=autocast):
-        y = layer(x)
-    assert y.dtype == dtype
-    outputs = [y] if layout is None else unstack_tasks(y, len(TASKS), layout)
-    eps = torch.finfo(dtype).eps
-    for out, ref in zip(outputs, expected, strict=True):
-        torch.testing.assert_close(out.double(), ref, rtol=2 * eps, atol=2 * eps)
+    low_precision_check(layer, refs, inputs, TASKS, layout, dtype, autocast)
