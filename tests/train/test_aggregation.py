@@ -129,10 +129,15 @@ def test_aggregator_trains_a_task_specific_model(tmp_path):
     assert trainer.global_step == 2
 
 
-def test_aggregator_excludes_weighting_and_cosreg():
+def test_aggregator_combines_with_a_loss_weighting_but_not_cosreg():
     data = MultiDigitsDataModule(sizes=(8, 8, 8))
-    with pytest.raises(ValueError, match="replaces the loss weighting"):
-        MultiTaskModule(data.tasks, aggregator="upgrad", weighting="dwa")
+    module = MultiTaskModule(data.tasks, aggregator="upgrad", weighting="dwa")
+    assert type(module.weighting).__name__ == "DynamicWeightAverage"
+    assert isinstance(module.aggregator.method, UPGrad)
+    with pytest.raises(ValueError, match="'pcgrad' already combines the gradients"):
+        MultiTaskModule(data.tasks, aggregator="upgrad", weighting="pcgrad")
+    with pytest.raises(ValueError, match="'dwa' is a loss weighting, not a gradient method"):
+        MultiTaskModule(data.tasks, aggregator="dwa")
     with pytest.raises(ValueError, match="cannot be combined"):
         MultiTaskModule(data.tasks, aggregator="upgrad", cosreg_alpha=1.0)
     with pytest.raises(ValueError, match="unknown aggregator 'sgd'"):

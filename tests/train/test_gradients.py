@@ -14,6 +14,7 @@ from tasknorm.train.gradients import (
     rolling_std,
     shared_parameters,
     task_gradients,
+    task_jacobian,
     task_pairs,
 )
 
@@ -95,6 +96,23 @@ def test_unreached_parameter_gives_zeros_and_create_graph_is_differentiable():
     assert matrix.requires_grad
     (grad_w,) = torch.autograd.grad(matrix[0].sum(), [w])  # d/dw (2 w0 + 2 w1) = [2, 2]
     torch.testing.assert_close(grad_w, torch.tensor([2.0, 2.0]))
+
+
+def test_task_jacobian_is_task_gradients_plus_the_summed_gradient_of_the_rest():
+    torch.manual_seed(0)
+    shared, head = torch.randn(3, requires_grad=True), torch.randn(2, requires_grad=True)
+    unused = torch.randn(1, requires_grad=True)
+    x = torch.randn(4, 3)
+    objectives = torch.stack([(x @ shared).pow(2).mean() * head[0],
+                              (x @ shared).sin().sum() + head.sum()])
+    expected_jacobian = task_gradients(list(objectives), [shared])
+    (expected_head,) = torch.autograd.grad(objectives.sum(), [head], retain_graph=True)
+    jacobian, (head_grad, unused_grad) = task_jacobian(objectives, [shared], [head, unused])
+    torch.testing.assert_close(jacobian, expected_jacobian)
+    torch.testing.assert_close(head_grad, expected_head)
+    assert unused_grad is None
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        objectives.sum().backward()  # the last pass freed the graph
 
 
 def test_task_gradients_needs_losses_and_parameters():

@@ -93,9 +93,52 @@ def task_gradients(losses: Mapping[str, Tensor] | Sequence[Tensor],
     for loss in values:
         grads = torch.autograd.grad(loss, params, retain_graph=True, create_graph=create_graph,
                                     allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                               for g, p in zip(grads, params, strict=True)]))
+        rows.append(_flat(grads, params))
     return torch.stack(rows)
+
+
+def task_jacobian(objectives: Tensor | Sequence[Tensor], shared: Sequence[Tensor],
+                  others: Sequence[Tensor] = ()) -> tuple[Tensor, list[Tensor | None]]:
+    """The ``(T, P)`` Jacobian of the task objectives on ``shared`` and the gradient of their sum
+    on ``others`` (``None`` for one that no objective reaches), from one backward pass per task.
+
+    This is what a gradient aggregator needs for one step: the rows of the Jacobian for the
+    shared parameters, and for the parameters that one task reaches (heads, task-specific
+    norms) the plain gradient, which comes from the same passes instead of one more backward.
+    The graph is freed after the last pass.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> head = torch.tensor(3.0, requires_grad=True)
+        >>> objectives = torch.stack([(w ** 2).sum(), head * w[0]])
+        >>> jacobian, (head_grad,) = task_jacobian(objectives, [w], [head])
+        >>> jacobian, head_grad
+        (tensor([[2., 4.],
+                [3., 0.]]), tensor(1.))
+    """
+    values = list(objectives)
+    shared, others = list(shared), list(others)
+    if not values or not shared:
+        raise ValueError(f"need at least one objective and one shared parameter, got "
+                         f"{len(values)} objectives and {len(shared)} shared parameters")
+    rest: list[Tensor | None] = [None] * len(others)
+    rows = []
+    for index, value in enumerate(values):
+        grads = torch.autograd.grad(value, [*shared, *others],
+                                    retain_graph=index < len(values) - 1, allow_unused=True)
+        rows.append(_flat(grads[:len(shared)], shared))
+        for position, grad in enumerate(grads[len(shared):]):
+            if grad is not None:
+                total = rest[position]
+                rest[position] = grad if total is None else total + grad
+    return torch.stack(rows), rest
+
+
+def _flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:
+    """The gradients as one vector, zeros for parameters the output does not reach."""
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                      for g, p in zip(grads, params, strict=True)])
 
 
 def gradient_cosines(gradients: Tensor, eps: float = 1e-12) -> Tensor:

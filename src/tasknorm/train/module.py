@@ -13,9 +13,10 @@ Options are checked when the module is built (names, and numbers by their option
 non-finite training loss at that step, a non-finite validation loss or score at the end of that
 validation epoch, before any checkpoint of it is written.
 
-Plain loss weightings train under Lightning's automatic optimization. A gradient aggregator
-(:mod:`tasknorm.train.aggregation`) or CosReg (:mod:`tasknorm.train.cosreg`) switches the module
-to manual optimization, because both need per-task gradients (CosReg with their graph).
+Balancing (:mod:`tasknorm.train.balancing`): loss weightings train under Lightning's automatic
+optimization. A gradient method (:mod:`tasknorm.train.aggregation`) or CosReg
+(:mod:`tasknorm.train.cosreg`) switches the module to manual optimization, because both need
+per-task gradients (CosReg with their graph).
 """
 
 from __future__ import annotations
@@ -36,14 +37,10 @@ from tasknorm.models.multitask import Architecture
 from tasknorm.nn import param_groups, set_sync_stats
 from tasknorm.nn.routing import Layout
 from tasknorm.tasks import Task
-from tasknorm.train.aggregation import (
-    aggregate,
-    build_aggregator,
-    mean_over_processes,
-    write_gradient,
-)
+from tasknorm.train.aggregation import Aggregation, mean_over_processes, write_gradient
+from tasknorm.train.balancing import build_balance
 from tasknorm.train.cosreg import CosReg
-from tasknorm.train.gradients import shared_parameters, task_gradients
+from tasknorm.train.gradients import shared_parameters, task_jacobian
 from tasknorm.train.options import (
     Balancing,
     Gates,
@@ -51,7 +48,6 @@ from tasknorm.train.options import (
     Regularization,
     build_groups,
 )
-from tasknorm.train.weighting import build_weighting
 
 SELECTION_METRIC = "val/selection"
 SELECTIONS = ("mean", "relative")
@@ -68,7 +64,11 @@ class MultiTaskModule(L.LightningModule):
         backbone_args: keyword arguments of the backbone builder.
         head: name of a head in :data:`tasknorm.models.heads.HEADS` built for every task, or
             ``None`` for each task's own default head.
-        architecture: ``single_task``, ``hard``, ``sigma``, ``task`` (TSBN) or ``task_sigma``.
+        architecture: ``single_task``, ``hard``, ``sigma``, ``task`` (TSBN), ``task_sigma``, or
+            one of :data:`tasknorm.models.LEARNED_SHARING` (``cross_stitch``, ``mtan``, ``mmoe``,
+            ``cgc``, ``ple``, ``dselect_k``, ``ltb``).
+        architecture_args: options of a learned-sharing architecture (see
+            :class:`~tasknorm.models.MultiTaskModel`).
         layout: batch layout of the all-tasks pass.
         sync_stats: synchronise the batch statistics of σBN / TSBN / TSσBN layers across
             processes (``tasknorm.nn.set_sync_stats``).
@@ -102,6 +102,7 @@ class MultiTaskModule(L.LightningModule):
         gates: Gates = _GATES,
         balancing: Balancing = _BALANCING,
         regularization: Regularization = _REGULARIZATION,
+        architecture_args: dict[str, Any] | None = None,
         **legacy: Any,
     ) -> None:
         super().__init__()
@@ -115,39 +116,39 @@ class MultiTaskModule(L.LightningModule):
         self.regularization: Regularization = groups["regularization"]
         self.save_hyperparameters({
             "backbone": backbone, "backbone_args": backbone_args, "head": head,
-            "architecture": architecture, "layout": layout, "sync_stats": sync_stats,
+            "architecture": architecture, "architecture_args": architecture_args,
+            "layout": layout, "sync_stats": sync_stats,
             "selection": selection, **{name: asdict(group) for name, group in groups.items()}})
         balance, cosreg_alpha = self.balancing, self.regularization.cosreg_alpha
         self.tasks = {task.name: task for task in tasks}
         builder = partial(build_backbone, backbone, **(backbone_args or {}))
         self.model = MultiTaskModel(builder, list(tasks), architecture, self.gates.init, layout,
-                                    head, self.gates.mean, self.gates.std)
+                                    head, self.gates.mean, self.gates.std, architecture_args)
         if sync_stats:
             set_sync_stats(self.model)
         self.directions = {name: task.higher_is_better for name, task in self.tasks.items()}
-        self.weighting = build_weighting(balance.weighting, list(self.tasks),
-                                         **(balance.weighting_args or {}))
+        built = build_balance(list(self.tasks), **asdict(balance))
+        self.weighting = built.weighting
+        self.aggregator: Aggregation | None = built.aggregation
+        method = balance.weighting if balance.aggregator is None else balance.aggregator
         backbone = getattr(self.model, "backbone", None)
         needs_backbone = [what for what, used in (
             (f"weighting {balance.weighting!r}", hasattr(self.weighting, "attach")),
-            (f"aggregator {balance.aggregator!r}", balance.aggregator is not None),
+            (f"gradient method {method!r}", self.aggregator is not None),
             ("CosReg", cosreg_alpha > 0)) if used]
         if needs_backbone and backbone is None:
             raise ValueError(f"{' and '.join(needs_backbone)} need(s) parameters shared by all "
                              f"tasks; architecture {architecture!r} has none")
         if hasattr(self.weighting, "attach"):
             self.weighting.attach(backbone)
-        self.aggregator: nn.Module | None = None
-        if balance.aggregator is not None:
-            if cosreg_alpha > 0:
-                raise ValueError("CosReg and a gradient aggregator cannot be combined")
-            self.aggregator = build_aggregator(balance.aggregator, len(self.tasks),
-                                               **(balance.aggregator_args or {}))
+        if self.aggregator is not None and cosreg_alpha > 0:
+            raise ValueError(f"CosReg and the gradient method {method!r} cannot be combined")
         self.cosreg: CosReg | None = None
         if cosreg_alpha > 0:
             self.cosreg = CosReg(cosreg_alpha, **(self.regularization.cosreg_args or {}))
             self.cosreg.attach(backbone)
         self.automatic_optimization = self.aggregator is None and self.cosreg is None
+        self.stepped = True  # whether the last training batch ended in an optimizer step
         self.selection_reference: dict[str, float] | None = None
         self.task_losses: dict[str, Tensor] = {}
         # per task, the validation batches of this epoch with a non-finite loss
@@ -199,15 +200,12 @@ class MultiTaskModule(L.LightningModule):
         size = batch["image"].size(0)
         optimizer.zero_grad()
         if self.aggregator is not None:
-            start = time.perf_counter()
-            shared = list(shared_parameters(self.model.backbone).values())
-            jacobian = mean_over_processes(task_gradients(losses, shared))
-            direction = aggregate(self.aggregator, jacobian)
-            seconds = time.perf_counter() - start
-            total = sum(losses.values())
-            self.manual_backward(total)  # task-specific parameters (and DDP's reduction)
-            write_gradient(shared, direction)
-            self.log("train/aggregator_seconds", seconds, batch_size=size)
+            objectives = self.weighting.objectives(losses)
+            total = objectives.sum()
+            self.stepped = self._aggregated_gradients(objectives, size)
+            if not self.stepped:
+                self._log_training(losses, total, size)
+                return total.detach()
         else:
             total = self.weighting(losses)
             penalty = self.cosreg(losses, reduce=self.trainer.world_size > 1)
@@ -221,6 +219,36 @@ class MultiTaskModule(L.LightningModule):
         optimizer.step()
         self._log_training(losses, total, size)
         return total.detach()
+
+    def _aggregated_gradients(self, objectives: Tensor, size: int) -> bool:
+        """Store the aggregation's update of the shared parameters and the summed objectives'
+        gradient of the others in ``.grad``, from one backward pass per task; ``False`` when
+        the aggregation takes no step on this batch."""
+        start = time.perf_counter()
+        shared = list(shared_parameters(self.model.backbone).values())
+        ids = {id(p) for p in shared}
+        others = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        jacobian, rest = task_jacobian(objectives, shared, others)
+        update = self.aggregator(mean_over_processes(jacobian),
+                                 mean_over_processes(objectives.detach()))
+        self.log("train/aggregator_seconds", time.perf_counter() - start, batch_size=size)
+        if update is None:
+            return False
+        write_gradient(shared, update)
+        reached = [(p, g) for p, g in zip(others, rest, strict=True) if g is not None]
+        if reached:
+            parameters, grads = zip(*reached, strict=True)
+            write_gradient(parameters, mean_over_processes(torch.cat([g.reshape(-1)
+                                                                      for g in grads])))
+        return True
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self.weighting.needs_losses_after_step and self.stepped:
+            with torch.no_grad():
+                losses = self._losses(self.model(batch["image"]), batch)
+            values = mean_over_processes(torch.stack(list(losses.values())))
+            self.weighting.after_step(dict(zip(losses, values, strict=True)))
+        self.stepped = True
 
     def on_train_epoch_end(self) -> None:
         if not self.automatic_optimization:

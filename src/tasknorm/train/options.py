@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Literal
 
 from tasknorm.nn.convert import GATE_INIT_MEAN, GATE_INIT_STD, GateInit
+from tasknorm.train.balancing import check_method
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("cosine", "poly", "step", "none")
@@ -116,17 +117,17 @@ class Gates:
 
 @dataclass(frozen=True)
 class Balancing:
-    """How the tasks' losses or gradients are combined: a loss weighting, or a gradient
-    aggregator with equal weighting.
+    """How the tasks' losses or gradients are combined (:mod:`tasknorm.train.balancing`).
 
     Args:
-        weighting: a loss weighting in :data:`tasknorm.train.WEIGHTINGS` (``equal``, ``fixed``,
-            ``uncertainty``, ``dwa``, ``gradnorm``, ``rlw``).
-        weighting_args: keyword arguments of the weighting, e.g. ``{"weights": {...}}`` for
+        weighting: a balancing method in :data:`tasknorm.train.METHODS`: a loss weighting
+            (``equal``, ``uncertainty``, ``dwa``, ``famo``, ...), a gradient method (``upgrad``,
+            ``pcgrad``, ``gradvac``, ``modo``, ...) or a hybrid (``imtl``, ``db_mtl``).
+        weighting_args: keyword arguments of the method, e.g. ``{"weights": {...}}`` for
             ``fixed``.
-        aggregator: a gradient aggregator in :data:`tasknorm.train.AGGREGATORS` (``upgrad``,
-            ``mgda``, ``pcgrad``, ...) applied to the per-task gradients of all shared backbone
-            parameters, or ``None``; needs ``weighting="equal"``.
+        aggregator: a gradient method applied to the Jacobian of the weighting's objectives on
+            all shared backbone parameters, or ``None``; combines with a loss weighting (e.g.
+            ``weighting: uncertainty, aggregator: upgrad``).
         aggregator_args: keyword arguments of the aggregator, e.g. ``{"c": 0.4}`` for ``cagrad``.
     """
 
@@ -136,9 +137,9 @@ class Balancing:
     aggregator_args: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.aggregator is not None and self.weighting != "equal":
-            raise ValueError(f"aggregator {self.aggregator!r} replaces the loss weighting; use "
-                             f"weighting='equal', not {self.weighting!r}")
+        check_method(self.weighting)
+        if self.aggregator is not None:
+            check_method(self.aggregator, "aggregator")
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,19 @@
   that the gradient norms ``G_t = ‖∇_W w_t L_t‖`` on the last shared layer ``W`` approach
   ``mean(G) · r_t^a`` with ``r_t`` task ``t``'s inverse training rate.
 
-A weighting that needs the shared parameters has an ``attach(backbone)`` method, called once by
-:class:`~tasknorm.train.MultiTaskModule`.
+A weighting turns the task losses into per-task *objectives* (:meth:`LossWeighting.objectives`,
+a ``(T,)`` tensor with its graph) whose sum is the training loss; a gradient method
+(:mod:`tasknorm.train.aggregation`) may combine their gradients instead of summing them
+(:mod:`tasknorm.train.balancing`). A weighting that needs the shared parameters has an
+``attach(backbone)`` method, called once by :class:`~tasknorm.train.MultiTaskModule`; one that
+learns from how the losses moved (FAMO) sets ``needs_losses_after_step`` and gets
+:meth:`LossWeighting.after_step`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +35,15 @@ from tasknorm.train.gradients import shared_parameters
 
 
 class LossWeighting(nn.Module):
-    """Combines ``{task: loss}`` into one scalar; may hold parameters or per-epoch state."""
+    """Turns ``{task: loss}`` into per-task objectives whose sum is the training loss; may hold
+    parameters or state (saved with the checkpoint).
+
+    Subclasses override :meth:`weights` (a weighted sum) or :meth:`objectives` (any per-task
+    terms, e.g. a learned log-variance, or a surrogate whose gradient is the method's).
+    """
+
+    needs_losses_after_step: ClassVar[bool] = False
+    """Whether :meth:`after_step` must be called after every optimizer step."""
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__()
@@ -39,12 +53,20 @@ class LossWeighting(nn.Module):
         """The current weight of each task (for logging)."""
         return dict.fromkeys(self.tasks, 1.0)
 
-    def forward(self, losses: Mapping[str, Tensor]) -> Tensor:
+    def objectives(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """The ``(T,)`` per-task objectives, in the order of ``tasks``, with their graph."""
         w = self.weights()
-        return sum(w[t] * losses[t] for t in self.tasks)
+        return torch.stack([w[t] * losses[t] for t in self.tasks])
+
+    def forward(self, losses: Mapping[str, Tensor]) -> Tensor:
+        return self.objectives(losses).sum()
 
     def epoch_end(self, mean_losses: Mapping[str, float]) -> None:
         """Called with each task's mean training loss at the end of every epoch."""
+
+    def after_step(self, losses: Mapping[str, Tensor]) -> None:
+        """Called after each optimizer step with the losses of the same batch under the updated
+        model, averaged over processes (only when ``needs_losses_after_step``)."""
 
 
 class EqualWeighting(LossWeighting):
@@ -79,9 +101,9 @@ class UncertaintyWeighting(LossWeighting):
         return {t: 0.5 * float(torch.exp(-s)) for t, s in zip(self.tasks, self.log_vars,
                                                                strict=True)}
 
-    def forward(self, losses: Mapping[str, Tensor]) -> Tensor:
+    def objectives(self, losses: Mapping[str, Tensor]) -> Tensor:
         stacked = torch.stack([losses[t] for t in self.tasks])
-        return (0.5 * torch.exp(-self.log_vars) * stacked + 0.5 * self.log_vars).sum()
+        return 0.5 * torch.exp(-self.log_vars) * stacked + 0.5 * self.log_vars
 
 
 class DynamicWeightAverage(LossWeighting):
@@ -123,11 +145,11 @@ class RandomLossWeighting(LossWeighting):
         """The weights drawn at the last step."""
         return {t: float(w) for t, w in zip(self.tasks, self.last, strict=True)}
 
-    def forward(self, losses: Mapping[str, Tensor]) -> Tensor:
+    def objectives(self, losses: Mapping[str, Tensor]) -> Tensor:
         stacked = torch.stack([losses[t] for t in self.tasks])
         w = torch.softmax(torch.randn(len(self.tasks)), dim=0).to(stacked)
         self.last = w.detach()
-        return (w * stacked).sum()
+        return w * stacked
 
 
 class GradNorm(LossWeighting):
@@ -136,8 +158,9 @@ class GradNorm(LossWeighting):
     Each step, with ``g_t = ‖∇_W L_t‖`` on the shared parameters ``W`` (no graph kept),
     ``G_t = w_t g_t``, ``r_t = (L_t / L_t(0)) / mean_u(L_u / L_u(0))`` (``L(0)``: the losses of
     the first step) and the target ``mean(G) · r_t^alpha`` (constant), the returned objective is
-    ``Σ_t w_t.detach() L_t + Σ_t |G_t − target_t|``: the network learns from the weighted sum,
-    the weights only from the second term. Before each step the weights are clamped positive and
+    ``Σ_t w_t.detach() L_t + Σ_t |G_t − target_t|`` (per task: ``w_t.detach() L_t +
+    |G_t − target_t|``): the network learns from the weighted sum, the weights only from the
+    second term. Before each step the weights are clamped positive and
     renormalised to sum to ``T``.
 
     Args:
@@ -166,7 +189,7 @@ class GradNorm(LossWeighting):
     def weights(self) -> dict[str, float]:
         return {t: float(w) for t, w in zip(self.tasks, self.task_weights.detach(), strict=True)}
 
-    def forward(self, losses: Mapping[str, Tensor]) -> Tensor:
+    def objectives(self, losses: Mapping[str, Tensor]) -> Tensor:
         if not self.params:
             raise RuntimeError("GradNorm.attach(backbone) must be called before the first step")
         with torch.no_grad():
@@ -182,7 +205,7 @@ class GradNorm(LossWeighting):
         scaled = self.task_weights * norms
         ratios = stacked.detach() / self.initial
         target = (scaled.mean() * (ratios / ratios.mean()) ** self.alpha).detach()
-        return (self.task_weights.detach() * stacked).sum() + (scaled - target).abs().sum()
+        return self.task_weights.detach() * stacked + (scaled - target).abs()
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
         key = prefix + "initial"
