@@ -91,7 +91,7 @@ def test_second_run_gets_a_new_folder(workdir):
     (["--model.architecture", "soft"],
      "Parser key \"model.architecture\": Expected a typing.Literal['single_task', 'hard', "),
     (["--data.init_args.tasks", "[left, nope]"], "unknown MultiDigits task 'nope'; expected"),
-    (["--model.balancing.weighting", "nope"], "unknown loss weighting 'nope'; expected one of"),
+    (["--model.balancing.weighting", "nope"], "unknown balancing method 'nope'; expected one of"),
     (["--model.balancing.aggregator", "nope"], "unknown aggregator 'nope'; expected one of"),
     (["--model.head", "nope"], "unknown head 'nope'; expected one of"),
     (["--model.optimization.lrr", "1"], "unrecognized arguments: --model.optimization.lrr 1"),

@@ -306,3 +306,16 @@ def test_relative_tuning_scores_best_epoch_metrics_against_the_grid_mean(tmp_pat
                 "lr=0.05": 100 * ((0.9 - 0.85) / 0.85 - (1.0 - 2.0) / 2.0) / 2}
     assert tuning["scores"]["hard"] == pytest.approx(expected)
     assert tuning["picks"] == {"hard": {"lr": 0.05}}
+
+
+def test_compare_runs_a_learned_sharing_architecture(workdir, capsys):
+    main(["--architectures", "ltb", "--seeds", "1", "--epochs", "1", "--output", "out", "--",
+          *TINY])
+    result = json.loads((workdir / "out" / "compare.json").read_text())
+    assert [r["architecture"] for r in result["records"]] == ["ltb"]
+    assert result["summary"]["ltb"]["flops"] > 0
+    assert "| Learning to Branch |" in (workdir / "out" / "compare.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "default: single_task hard sigma task task_sigma" in capsys.readouterr().out

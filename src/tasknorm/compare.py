@@ -33,13 +33,15 @@ from tasknorm.curves import Curve, convergence, plot_curves, read_columns, read_
 from tasknorm.errors import ArgumentParser, RunFailed, UsageError, command
 from tasknorm.fit import model_defaults, resolve_config, run_cli
 from tasknorm.io import write_json, write_text
-from tasknorm.models import ARCHITECTURES, count_flops, count_parameters
+from tasknorm.models import ARCHITECTURES, NORM_ARCHITECTURES, count_flops, count_parameters
 from tasknorm.tasks import delta_m
 from tasknorm.train import SELECTION_METRIC
 from tasknorm.train.options import grouped_name
 
 LABELS = {"single_task": "single-task", "hard": "hard sharing (BN)", "sigma": "hard sharing (σBN)",
-          "task": "TSBN", "task_sigma": "TSσBN"}
+          "task": "TSBN", "task_sigma": "TSσBN", "cross_stitch": "cross-stitch", "mtan": "MTAN",
+          "mmoe": "MMoE", "cgc": "CGC", "ple": "PLE", "dselect_k": "DSelect-k",
+          "ltb": "Learning to Branch"}
 DELTA_CONVENTION = ("Δm: per-task mean of ±(M−B)/B over all metrics, then mean over tasks; "
                     "+ = better")
 MAX_POINTS = 4
@@ -59,7 +61,7 @@ def parse_grid(entries: Sequence[str]) -> dict[str, list[int | float]]:
         >>> parse_grid(["optimization.lr=0.02,0.05", "norm_lr_mult=10"])
         {'optimization.lr': [0.02, 0.05], 'norm_lr_mult': [10]}
     """
-    grouped = sorted(set(model_defaults()) - {"architecture"})
+    grouped = sorted(set(model_defaults()) - {"architecture", "architecture_args"})
     grid: dict[str, list[int | float]] = {}
     for entry in entries:
         key, equals, text = entry.partition("=")
@@ -255,8 +257,9 @@ def markdown(summary: dict[str, Any]) -> str:
 def main(argv: Sequence[str]) -> None:
     parser = ArgumentParser(prog="tasknorm compare", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES),
-                        choices=ARCHITECTURES)
+    parser.add_argument("--architectures", nargs="+", default=list(NORM_ARCHITECTURES),
+                        choices=ARCHITECTURES,
+                        help="default: " + " ".join(NORM_ARCHITECTURES))
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     parser.add_argument("--epochs", type=int, default=3,
                         help="training epochs per run (3 keeps the default within 15 minutes "

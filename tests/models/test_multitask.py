@@ -1,4 +1,5 @@
 from functools import partial
+from typing import get_args
 
 import pytest
 import torch
@@ -9,12 +10,15 @@ from torchmetrics.regression import MeanSquaredError
 
 from tasknorm.models import (
     ARCHITECTURES,
+    LEARNED_SHARING,
+    NORM_ARCHITECTURES,
     MultiTaskModel,
     build_backbone,
     count_flops,
     count_parameters,
     digits_cnn,
 )
+from tasknorm.models.multitask import Architecture
 from tasknorm.nn import (
     SigmaBatchNorm2d,
     TaskBatchNorm2d,
@@ -24,6 +28,7 @@ from tasknorm.nn import (
 )
 from tasknorm.tasks import ClassificationTask
 from tasknorm.tasks.task import Task
+from tasknorm.train.gradients import shared_parameters, task_gradients
 
 TASKS = [ClassificationTask("left", 10), ClassificationTask("right", 5)]
 
@@ -37,6 +42,59 @@ def model(architecture, **kwargs):
 def test_every_architecture_returns_one_output_per_task(architecture):
     outputs = model(architecture)(torch.randn(3, 1, 23, 23))
     assert {t: o.shape for t, o in outputs.items()} == {"left": (3, 10), "right": (3, 5)}
+
+
+def test_every_architecture_is_a_valid_option():
+    assert ARCHITECTURES == get_args(Architecture)
+    assert set(ARCHITECTURES) == set(NORM_ARCHITECTURES) | set(LEARNED_SHARING)
+
+
+@pytest.mark.parametrize("architecture", list(LEARNED_SHARING))
+def test_learned_sharing_trains_every_parameter_and_counts(architecture):
+    net = model(architecture)
+    x = torch.randn(4, 1, 23, 23)
+    sum(output.square().mean() for output in net(x).values()).backward()
+    untouched = [name for name, p in net.named_parameters()
+                 if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not untouched
+    backbone = {id(p) for p in net.backbone.parameters()}
+    heads = {id(p) for p in net.heads.parameters()}
+    assert backbone | heads == {id(p) for p in net.parameters()} and not backbone & heads
+    assert count_parameters(net) == sum(p.numel() for p in net.parameters())
+    hard = count_flops(model("hard").eval(), x[:1])
+    assert count_flops(net.eval(), x[:1]) >= hard
+
+
+@pytest.mark.parametrize("architecture", ["mtan", "cgc", "ltb"])
+def test_gradient_methods_see_every_non_head_parameter(architecture):
+    """The aggregators' Jacobian is over ``shared_parameters(model.backbone)``: for these
+    architectures every non-head parameter, a task's own ones with zeros in the others' rows."""
+    net = model(architecture)
+    shared = shared_parameters(net.backbone)
+    assert len(shared) == len(list(net.backbone.parameters()))
+    outputs = net(torch.randn(4, 1, 23, 23))
+    losses = {task: output.square().mean() for task, output in outputs.items()}
+    jacobian = task_gradients(losses, list(shared.values()))
+    assert jacobian.shape == (2, sum(p.numel() for p in shared.values()))
+    if architecture == "mtan":  # left's attention masks get no gradient from right's loss
+        start = 0
+        for name, p in shared.items():
+            if ".left." in name:
+                assert not jacobian[1, start:start + p.numel()].any()
+                assert jacobian[0, start:start + p.numel()].any()
+            start += p.numel()
+
+
+@pytest.mark.parametrize(("architecture", "args", "message"), [
+    ("mmoe", {"expert": 2}, "architecture 'mmoe' has no option expert; its options: experts, "
+                            "gate_grid"),
+    ("mtan", {"levels": 2}, "architecture 'mtan' has no option levels; its options: none"),
+    ("hard", {"experts": 2}, r"architecture 'hard' takes no architecture_args, got \['experts'\]"),
+    ("ltb", {"nodes": -1}, "nodes must be an integer >= 1, got -1"),
+])
+def test_bad_architecture_args(architecture, args, message):
+    with pytest.raises(ValueError, match=message):
+        model(architecture, architecture_args=args)
 
 
 @pytest.mark.parametrize(("architecture", "norm"), [("hard", nn.BatchNorm2d),
@@ -120,7 +178,7 @@ class StridedStandIn(nn.Sequential):
 
 
 @pytest.mark.parametrize("head", [None, "conv", "segnet"])
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("architecture", NORM_ARCHITECTURES)
 def test_dense_outputs_are_resized_to_the_input(architecture, head):
     torch.manual_seed(0)
     net = MultiTaskModel(StridedStandIn, DENSE, architecture, head=head).eval()
@@ -141,6 +199,22 @@ def test_dense_outputs_are_resized_to_the_input(architecture, head):
         expected = F.interpolate(small, (18, 22), mode="bilinear", align_corners=True)
         torch.testing.assert_close(outputs[task], expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(outputs[task][..., 0, 0], small[..., 0, 0])  # corners kept
+
+
+@pytest.mark.parametrize("architecture", list(LEARNED_SHARING))
+def test_learned_sharing_dense_outputs_are_resized_to_the_input(architecture):
+    torch.manual_seed(0)
+    net = MultiTaskModel(partial(build_backbone, "dilated_cnn", width=2), DENSE, architecture,
+                         head="conv").eval()
+    x = torch.randn(2, 3, 18, 22)
+    outputs = net(x)
+    features = net.backbone(x)
+    for task, channels in (("segmentation", 13), ("depth", 1), ("normals", 3)):
+        small = net.heads[task](features[task])
+        assert small.shape == (2, channels, 5, 6)
+        expected = F.interpolate(small, (18, 22), mode="bilinear", align_corners=True)
+        torch.testing.assert_close(outputs[task], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(net(x, task=task)[task], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_heads_by_name_get_the_task_channels_and_stay_plain():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tasknorm.data import MultiDigitsDataModule
+from tasknorm.models import LEARNED_SHARING
 from tasknorm.train import (
     SELECTION_METRIC,
     Balancing,
@@ -307,3 +308,33 @@ def test_relative_selection_is_the_gain_over_the_first_validation(tmp_path, data
     assert record.selections[-1] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="unknown selection 'best'"):
         module(data, selection="best")
+
+
+@pytest.mark.parametrize("architecture", list(LEARNED_SHARING))
+def test_learned_sharing_architectures_train(tmp_path, data, architecture):
+    L.seed_everything(0)
+    model = module(data, architecture=architecture)
+    before = {name: p.detach().clone() for name, p in model.model.backbone.named_parameters()}
+    fit = trainer(tmp_path, max_steps=2, enable_checkpointing=False)
+    fit.fit(model, data)  # with the sanity check's validation steps
+    assert fit.global_step == 2
+    after = dict(model.model.backbone.named_parameters())
+    assert all(not torch.equal(p, after[name]) for name, p in before.items())
+
+
+def test_architecture_args_reach_the_model_and_its_checkpoints(tmp_path, data):
+    L.seed_everything(0)
+    args = {"nodes": 3, "temperature": 0.5}
+    model = module(data, architecture="ltb", architecture_args=args)
+    assert len(model.model.backbone.copies) == 3 and model.model.backbone.temperature == 0.5
+    fit = trainer(tmp_path, max_steps=1, limit_val_batches=1, enable_checkpointing=False)
+    fit.fit(model, data)
+    fit.save_checkpoint(tmp_path / "model.ckpt")
+    loaded = MultiTaskModule.load_from_checkpoint(tmp_path / "model.ckpt", tasks=data.tasks)
+    assert loaded.hparams.architecture_args == args
+    x = next(iter(data.val_dataloader()))["image"]
+    expected, outputs = model.eval()(x), loaded.eval()(x)
+    for task in expected:
+        torch.testing.assert_close(outputs[task], expected[task])
+    with pytest.raises(ValueError, match="architecture 'ltb' has no option experts"):
+        module(data, architecture="ltb", architecture_args={"experts": 2})

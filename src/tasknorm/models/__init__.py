@@ -23,13 +23,21 @@ from tasknorm.models.dense import (
     vit_small,
 )
 from tasknorm.models.heads import HEADS, build_head
-from tasknorm.models.multitask import ARCHITECTURES, MultiTaskModel
+from tasknorm.models.multitask import (
+    ARCHITECTURES,
+    LEARNED_SHARING,
+    NORM_ARCHITECTURES,
+    MultiTaskModel,
+)
+from tasknorm.models.stages import StagedBackbone, split_stages
 from tasknorm.models.weights import load_weights
 
 __all__ = [
     "ARCHITECTURES",
     "BACKBONES",
     "HEADS",
+    "LEARNED_SHARING",
+    "NORM_ARCHITECTURES",
     "CelebaCNN",
     "DigitsCNN",
     "DigitsEncoder",
@@ -37,6 +45,7 @@ __all__ = [
     "DilatedResNet",
     "MultiTaskModel",
     "SegNet",
+    "StagedBackbone",
     "VisionTransformerFeatures",
     "build_backbone",
     "build_head",
@@ -49,5 +58,6 @@ __all__ = [
     "load_weights",
     "resnet50_dilated",
     "segnet",
+    "split_stages",
     "vit_small",
 ]

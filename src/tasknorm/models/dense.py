@@ -12,6 +12,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -142,16 +143,21 @@ class SegNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         pooled = []
         for stage in self.encoder:
-            x = stage(x)
-            size = x.shape[-2:]
-            x, indices = F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
-            pooled.append((indices, size))
+            x, skip = max_pool(stage(x))
+            pooled.append(skip)
         for stage, (indices, size) in zip(self.decoder, reversed(pooled), strict=True):
             x = stage(max_unpool(x, indices, size))
         return x
 
     def extra_repr(self) -> str:
         return f"width={self.width}, out_features={self.out_features}"
+
+
+def max_pool(x: Tensor) -> tuple[Tensor, tuple[Tensor, torch.Size]]:
+    """SegNet's 2×2 max-pool (odd sizes rounded up) and what :func:`max_unpool` needs to undo it:
+    the indices of the maxima and the size before pooling."""
+    pooled, indices = F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
+    return pooled, (indices, x.shape[-2:])
 
 
 def max_unpool(x: Tensor, indices: Tensor, size: tuple[int, int]) -> Tensor:
@@ -263,10 +269,14 @@ class VisionTransformerFeatures(nn.Module):
         self.output_stride: int = vit.patch_embed.patch_size[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]
+        return self.tokens_to_map(self.vit.forward_features(x), x.shape[-2:])
+
+    def tokens_to_map(self, tokens: Tensor, size: tuple[int, int]) -> Tensor:
+        """The patch tokens of an image of ``size`` (prefix tokens dropped) as a map
+        ``(B, embed_dim, H / patch, W / patch)``."""
         patch_h, patch_w = self.vit.patch_embed.patch_size
-        grid = (x.size(-2) // patch_h, x.size(-1) // patch_w)
-        return tokens.transpose(1, 2).unflatten(2, grid)
+        grid = (size[0] // patch_h, size[1] // patch_w)
+        return tokens[:, self.vit.num_prefix_tokens:].transpose(1, 2).unflatten(2, grid)
 
 
 def vit_small(weights: str | None = None, img_size: int = 224,

@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tasknorm.models.branching import LearningToBranch
+from tasknorm.models.experts import cgc, dselect_k, mmoe, ple
 from tasknorm.models.heads import build_head
+from tasknorm.models.soft_sharing import MTAN, CrossStitchNetwork
 from tasknorm.nn import convert, stack_tasks, unstack_tasks, use_all_tasks, use_task
 from tasknorm.nn.convert import GATE_INIT_MEAN, GATE_INIT_STD, GateInit
 from tasknorm.nn.routing import Layout
 from tasknorm.tasks import Task
 
-Architecture = Literal["single_task", "hard", "sigma", "task", "task_sigma"]
-ARCHITECTURES: tuple[Architecture, ...] = ("single_task", "hard", "sigma", "task", "task_sigma")
-"""``single_task``: one backbone per task; ``hard``: one shared backbone with shared BatchNorm;
-``sigma``: shared σBN; ``task``: TSBN; ``task_sigma``: TSσBN."""
+Architecture = Literal["single_task", "hard", "sigma", "task", "task_sigma", "cross_stitch",
+                       "mtan", "mmoe", "cgc", "ple", "dselect_k", "ltb"]
+NORM_ARCHITECTURES: tuple[Architecture, ...] = ("single_task", "hard", "sigma", "task",
+                                                "task_sigma")
+"""One backbone per task (``single_task``) or one shared backbone whose norms differ: ``hard``
+(shared BatchNorm), ``sigma`` (shared σBN), ``task`` (TSBN), ``task_sigma`` (TSσBN)."""
+LEARNED_SHARING: dict[str, Callable[..., nn.Module]] = {
+    "cross_stitch": CrossStitchNetwork,
+    "mtan": MTAN,
+    "mmoe": mmoe,
+    "cgc": cgc,
+    "ple": ple,
+    "dselect_k": dselect_k,
+    "ltb": LearningToBranch,
+}
+"""Architectures that learn how much the tasks share, each a module mapping an image to
+``{task: features}``, built as ``builder(backbone, task_names, **architecture_args)``: cross-stitch
+networks and MTAN (:mod:`~tasknorm.models.soft_sharing`), MMoE, CGC, PLE and DSelect-k
+(:mod:`~tasknorm.models.experts`), Learning to Branch (:mod:`~tasknorm.models.branching`)."""
+ARCHITECTURES: tuple[Architecture, ...] = (*NORM_ARCHITECTURES, *LEARNED_SHARING)
 
 
 class MultiTaskModel(nn.Module):
@@ -25,13 +45,16 @@ class MultiTaskModel(nn.Module):
 
     With task-specific norms (``task``, ``task_sigma``) every task needs its own pass through the
     backbone; all tasks run in one batched call (``layout`` picks how the task copies are stacked).
-    Only the backbone is converted; heads are per task and keep ordinary norm layers. Dense
-    (4-D) outputs are resized to the input's height and width (bilinear, ``align_corners=True``,
-    as LibMTL) so that losses and metrics see full-resolution predictions.
+    Only the backbone is converted; heads are per task and keep ordinary norm layers. With an
+    architecture of :data:`LEARNED_SHARING`, ``backbone`` is the module that builds the backbone
+    copies and maps the image to each task's features (every parameter but the heads'); the σ-gate
+    options and ``layout`` do not apply to these and are ignored. Dense (4-D) outputs are resized
+    to the input's height and width (bilinear, ``align_corners=True``, as LibMTL) so that losses
+    and metrics see full-resolution predictions.
 
     Args:
         backbone: builds a backbone with an integer ``out_features`` (called once per task for
-            ``single_task``).
+            ``single_task``, once per copy for :data:`LEARNED_SHARING`).
         tasks: the tasks, each with a unique name.
         architecture: one of :data:`ARCHITECTURES`.
         gate_init: σ-gate initialisation when converting (see :func:`tasknorm.nn.convert`), for
@@ -42,6 +65,8 @@ class MultiTaskModel(nn.Module):
         head: name of a head in :data:`tasknorm.models.heads.HEADS`, built for every task as
             ``build_head(head, out_features, task.out_channels)``; ``None`` uses each task's
             own ``task.build_head(out_features)``.
+        architecture_args: options of a :data:`LEARNED_SHARING` architecture (keyword arguments
+            of its builder, e.g. ``{"experts": 8}`` for ``mmoe``); ``None`` for its defaults.
 
     Example:
         >>> import torch
@@ -63,6 +88,7 @@ class MultiTaskModel(nn.Module):
         head: str | None = None,
         gate_init_mean: float = GATE_INIT_MEAN,
         gate_init_std: float = GATE_INIT_STD,
+        architecture_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if architecture not in ARCHITECTURES:
@@ -71,10 +97,15 @@ class MultiTaskModel(nn.Module):
         names = [t.name for t in tasks]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"tasks must be non-empty with unique names, got {names}")
+        _check_architecture_args(architecture, architecture_args)
         self.task_names = tuple(names)
         self.architecture = architecture
         self.layout = layout
-        if architecture == "single_task":
+        if architecture in LEARNED_SHARING:
+            self.backbone = LEARNED_SHARING[architecture](backbone, self.task_names,
+                                                          **(architecture_args or {}))
+            out_features = self.backbone.out_features
+        elif architecture == "single_task":
             self.backbones = nn.ModuleDict({name: backbone() for name in names})
             out_features = self.backbones[names[0]].out_features
         else:
@@ -106,6 +137,9 @@ class MultiTaskModel(nn.Module):
         names = self.task_names if task is None else (task,)
         if self.architecture == "single_task":
             return {t: self.heads[t](self.backbones[t](x)) for t in names}
+        if self.architecture in LEARNED_SHARING:
+            features = self.backbone(x)
+            return {t: self.heads[t](features[t]) for t in names}
         if not self.task_specific:
             features = self.backbone(x)
             return {t: self.heads[t](features) for t in names}
@@ -116,6 +150,22 @@ class MultiTaskModel(nn.Module):
             stacked = self.backbone(stack_tasks(x, len(names), self.layout))
         features = unstack_tasks(stacked, len(names), self.layout)
         return {t: self.heads[t](f) for t, f in zip(names, features, strict=True)}
+
+
+def _check_architecture_args(architecture: str, args: dict[str, Any] | None) -> None:
+    """Raise ``ValueError`` for options that ``architecture`` does not take."""
+    if not args:
+        return
+    if not isinstance(args, dict):
+        raise TypeError(f"architecture_args must be a dict, got {type(args).__name__}")
+    if architecture not in LEARNED_SHARING:
+        raise ValueError(f"architecture {architecture!r} takes no architecture_args, got "
+                         f"{sorted(args)}")
+    accepted = list(inspect.signature(LEARNED_SHARING[architecture]).parameters)[2:]
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        raise ValueError(f"architecture {architecture!r} has no option {', '.join(unknown)}; "
+                         f"its options: {', '.join(accepted) or 'none'}")
 
 
 def _resized(output: Tensor, size: tuple[int, int]) -> Tensor:
