@@ -11,6 +11,7 @@ import yaml
 from tasknorm.cli import main
 from tasknorm.data import write_tiny_celeba
 from tasknorm.fit import checkpoint_differences, parse_results
+from tasknorm.train import METHODS
 
 TINY = ["--trainer.max_epochs", "2", "--data.init_args.sizes", "[256, 64, 64]",
         "--data.init_args.batch_size", "32", "--model.backbone_args", '{"width": 8}',
@@ -294,3 +295,18 @@ def test_an_old_flat_config_loads_to_the_same_module(workdir, monkeypatch):
         assert dict(modules[0].hparams) == dict(modules[1].hparams)
     with pytest.raises(ValueError, match=r"lr is given twice: as lr and as optimization\.lr"):
         TasknormCLI(["--config", "model: {lr: 0.1, optimization: {lr: 0.2}}"], run=False)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_balancing_method_trains_through_fit(workdir, name):
+    """Each name of ``METHODS`` as ``--model.balancing.weighting`` takes training steps (three
+    batches: one update of the three-batch methods) and the run ends with its results."""
+    weights = {"fixed": '{"weights": {"left": 1.0, "right": 2.0}}'}
+    main(["fit", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+          "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+          "--data.init_args.sizes", "[96, 32, 32]", "--data.init_args.batch_size", "32",
+          "--model.backbone_args", '{"width": 2}', "--trainer.enable_progress_bar", "false",
+          "--model.balancing.weighting", name,
+          *(["--model.balancing.weighting_args", weights[name]] if name in weights else [])])
+    results = json.loads(next(workdir.glob("runs/multidigits/version_0/results.json")).read_text())
+    assert set(results["test"]) == {"left", "right"}

@@ -48,7 +48,8 @@ def test_fit_validates_and_tests(tmp_path, data, architecture, weighting):
 
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
-@pytest.mark.parametrize("balancing", ["equal", "gradvac", "modo", "nash_mtl"])
+@pytest.mark.parametrize("balancing", ["equal", "gradvac", "modo", "nash_mtl", "famo", "db_mtl",
+                                       "stch", "excess_mtl", "dwa"])
 def test_resume_is_exact(tmp_path, data, balancing):
     """Two epochs in one go == one epoch, stop, resume from last.ckpt, second epoch; with
     stateful balancing methods too (GradVac's EMA, MoDo's weights and its three-batch cycle,
