@@ -5,10 +5,12 @@ import statistics
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasknorm import compare
 from tasknorm.compare import grid_points, main, markdown, summarise
 from tasknorm.curves import convergence, improvement, plot_curves, read_curves
+from tasknorm.train import METHODS
 
 TINY = ["--data.init_args.sizes", "[128, 32, 32]", "--data.init_args.batch_size", "32",
         "--model.backbone_args", '{"width": 8}']
@@ -319,3 +321,18 @@ def test_compare_runs_a_learned_sharing_architecture(workdir, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "default: single_task hard sigma task task_sigma" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_compare_trains_with_every_balancing_method(workdir, name):
+    """A balancing method given as a fit option reaches every run of the comparison."""
+    weights = {"fixed": ["--model.balancing.weighting_args",
+                         '{"weights": {"left": 1.0, "right": 2.0}}']}
+    main(["--architectures", "hard", "--seeds", "1", "--epochs", "1", "--output", "out", "--",
+          "--data.init_args.sizes", "[96, 32, 32]", "--data.init_args.batch_size", "32",
+          "--model.backbone_args", '{"width": 2}', "--trainer.limit_train_batches", "3",
+          "--model.balancing.weighting", name, *weights.get(name, [])])
+    (record,) = json.loads((workdir / "out" / "compare.json").read_text())["records"]
+    config = yaml.safe_load((Path(record["log_dir"]) / "config.yaml").read_text())
+    assert config["model"]["balancing"]["weighting"] == name
+    assert set(record["test"]) == {"left", "right"}
