@@ -336,3 +336,30 @@ def test_compare_trains_with_every_balancing_method(workdir, name):
     config = yaml.safe_load((Path(record["log_dir"]) / "config.yaml").read_text())
     assert config["model"]["balancing"]["weighting"] == name
     assert set(record["test"]) == {"left", "right"}
+
+
+def test_merge_tabulates_separate_comparisons_as_one(workdir, capsys):
+    """Two comparisons run apart (single-task; hard sharing) merged: one table, Δm of hard
+    sharing against the single-task runs of the other folder; nothing is trained."""
+    for architecture in ("single_task", "hard"):
+        main(["--architectures", architecture, "--seeds", "1", "--epochs", "1", "--output",
+              architecture, "--", *TINY])
+    main(["--merge", "single_task", "hard", "--output", "merged"])
+    single, hard = (json.loads((workdir / a / "compare.json").read_text())["records"][0]
+                    for a in ("single_task", "hard"))
+    merged = json.loads((workdir / "merged" / "compare.json").read_text())
+    assert merged["records"] == [single, hard]
+    expected = statistics.fmean(
+        statistics.fmean((hard["test"][t][m] - v) / v for m, v in metrics.items())
+        for t, metrics in single["test"].items())
+    assert merged["summary"]["hard"]["delta_m"] == pytest.approx(100 * expected)
+    assert not (workdir / "merged" / "hard").exists()
+    assert (workdir / "merged" / "curves.png").is_file()
+    capsys.readouterr()
+    for args, message in [(["hard", "hard"], "repeats hard seed 0"),
+                          (["hard", "nowhere"], "cannot read nowhere/compare.json")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--merge", *args, "--output", "refused"])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (workdir / "refused").exists()

@@ -13,6 +13,9 @@ every grid point (at most 4) and the point with the best validation ``val/select
 per architecture (``tuning.json``; under ``selection: relative``, whose scores are not comparable
 across runs, by :func:`relative_scores` instead); seeds 1, 2, ... train at the pick, and the
 seed-0 tuning run at the pick is reused as the seed-0 record rather than trained again.
+
+``--merge DIR ...`` trains nothing: it tabulates the runs of earlier comparisons together (for
+example architectures compared in parallel processes), as if one command had run them all.
 """
 
 from __future__ import annotations
@@ -271,6 +274,9 @@ def main(argv: Sequence[str]) -> None:
                         help=f"tune model options on seed 0 (at most {MAX_POINTS} points), e.g. "
                              "optimization.lr=0.02,0.05 optimization.norm_lr_mult=1,10 (old flat "
                              "names such as lr work too)")
+    parser.add_argument("--merge", nargs="+", metavar="DIR",
+                        help="tabulate the runs of earlier compare outputs together, training "
+                             "nothing")
     parser.add_argument("--output", default="runs/compare", help="folder for logs and tables")
     parser.add_argument("overrides", nargs="*",
                         help="extra fit options after --, e.g. -- --trainer.max_epochs 4")
@@ -288,8 +294,15 @@ def main(argv: Sequence[str]) -> None:
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
         parser.error(f"output folder {output} is not empty; choose another --output")
-    config = resolve_config(args.config) if args.config else None
     given = _read_baseline(args.baseline) if args.baseline else None
+    command = "tasknorm compare " + " ".join(argv if argv is not None else [])
+    if args.merge:
+        if args.grid or args.overrides:
+            parser.error("--merge trains nothing; it takes no --grid or fit options")
+        records, tuning = merged_runs([Path(folder) for folder in args.merge])
+        _write_results(output, records, tuning, given, command)
+        return
+    config = resolve_config(args.config) if args.config else None
     overrides = ["--trainer.max_epochs", str(args.epochs), *args.overrides]
     tuning, picked = None, {}
     if grid is not None:
@@ -302,10 +315,51 @@ def main(argv: Sequence[str]) -> None:
         point = picked[arch]["point"] if first else {}
         records += first + [_run(arch, seed, output, config, overrides, point)
                             for seed in range(len(first), args.seeds)]
+    _write_results(output, records, tuning, given, command)
+
+
+def merged_runs(folders: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The records and tuning of the ``compare.json`` in each of ``folders``, joined. Refuses
+    folders whose runs cannot share a table: other tasks, other grids, or an architecture and
+    seed that two folders both ran."""
+    records: list[dict[str, Any]] = []
+    tunings = []
+    for folder in folders:
+        path = folder / "compare.json"
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise UsageError(f"cannot read {path}: {error}") from None
+        for record in result["records"]:
+            if records and set(record["test"]) != set(records[0]["test"]):
+                raise UsageError(f"{path} has tasks {sorted(record['test'])}, the runs before "
+                                 f"it {sorted(records[0]['test'])}")
+            if any((r["architecture"], r["seed"]) == (record["architecture"], record["seed"])
+                   for r in records):
+                raise UsageError(f"{path} repeats {record['architecture']} seed "
+                                 f"{record['seed']}")
+            records.append(record)
+        if result["tuning"] is not None:
+            tunings.append(result["tuning"])
+    if not tunings:
+        return records, None
+    if any((t["grid"], t["metric"]) != (tunings[0]["grid"], tunings[0]["metric"])
+           for t in tunings):
+        raise UsageError("the folders were tuned on different grids: "
+                         + "; ".join(json.dumps(t["grid"]) for t in tunings))
+    if len(tunings) < len(folders):
+        raise UsageError("some folders were tuned with --grid and some were not")
+    return records, {**tunings[0],
+                     "scores": {a: v for t in tunings for a, v in t["scores"].items()},
+                     "picks": {a: v for t in tunings for a, v in t["picks"].items()}}
+
+
+def _write_results(output: Path, records: list[dict[str, Any]], tuning: dict[str, Any] | None,
+                   given: dict[str, dict[str, float]] | None, command: str) -> None:
+    """Δm against ``given`` (else the single-task runs), the tables, records and curves."""
     baseline = given if given is not None else _single_task_baseline(records, output)
     summary = summarise(records, baseline)
     table = markdown(summary)
-    command = "tasknorm compare " + " ".join(argv if argv is not None else [])
     notes = ([tuning_table(tuning)] if tuning else []) + [DELTA_CONVENTION]
     write_json(output / "compare.json", {"command": command.strip(), "records": records,
                                          "summary": summary, "baseline": baseline,
