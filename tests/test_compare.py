@@ -118,13 +118,13 @@ class FakeRun:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, architecture, seed, output, config, overrides, version=None):
+    def __call__(self, architecture, seed, output, config, overrides, version=None, name=None):
         lr = overrides[overrides.index("--model.lr") + 1]
         self.calls.append((architecture, seed, lr, Path(output).name))
         score = VAL_SCORES[architecture, lr]
         if score is None:
             raise FloatingPointError("loss of task 'left' is nan")
-        log_dir = Path(output) / architecture / (version or f"seed{seed}")
+        log_dir = Path(output) / (name or architecture) / (version or f"seed{seed}")
         write_metrics(log_dir, [0.5, 0.8, 0.9, 0.9, 0.9], [2.0, 1.0, 0.9, 0.8, 0.7])
         return {"architecture": architecture, "seed": seed, "val_score": score,
                 "test": {"left": {"accuracy": 0.9}, "right": {"abs_err": 0.5}},
@@ -285,7 +285,7 @@ def test_relative_tuning_scores_best_epoch_metrics_against_the_grid_mean(tmp_pat
     logs = {"0.02": ([0.2, 0.5, 0.9], [0.4, 0.6, 0.8], [5.0, 4.0, 3.0]),
             "0.05": ([0.1, 0.3, 0.2], [0.8, 0.9, 0.85], [1.0, 1.0, 2.0])}
 
-    def relative(architecture, seed, output, config, overrides, version=None):
+    def relative(architecture, seed, output, config, overrides, version=None, name=None):
         lr = overrides[overrides.index("--model.lr") + 1]
         selection, left, right = logs[lr] if seed == 0 else logs["0.05"]
         record = FakeRun()(architecture, seed, output, config, overrides, version)
@@ -363,3 +363,86 @@ def test_merge_tabulates_separate_comparisons_as_one(workdir, capsys):
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
     assert not (workdir / "refused").exists()
+
+
+class FakeMethodRun(FakeRun):
+    """:class:`FakeRun` whose score also depends on the balancing method given as a fit option:
+    ``pcgrad`` adds 0.3 at lr 0.02, so it flips hard sharing's pick."""
+
+    def __call__(self, architecture, seed, output, config, overrides, version=None, name=None):
+        method = overrides[overrides.index("--model.balancing.weighting") + 1]
+        run = super().__call__(architecture, seed, output, config, overrides, version, name)
+        self.calls[-1] = (*self.calls[-1], method, name)
+        if method == "pcgrad" and "--model.lr" in overrides and "0.02" in overrides:
+            run["val_score"] += 0.3
+        return {**run, "method": method}
+
+
+def test_methods_make_one_row_per_architecture_and_method(tmp_path, monkeypatch, capsys):
+    """``--methods``: every (architecture, method) pair is tuned, picked and seeded as a row of
+    its own, logged under ``<architecture>+<method>`` (``equal`` keeps the architecture's
+    name in the table)."""
+    fake = FakeMethodRun()
+    monkeypatch.setattr(compare, "run_one", fake)
+    out = tmp_path / "out"
+    main(["--architectures", "hard", "task_sigma", "--methods", "equal", "pcgrad", "--seeds",
+          "2", "--grid", "lr=0.02,0.05", "--output", str(out)])
+    assert [call[4:] for call in fake.calls[:8]] == [
+        (m, a if m == "equal" else f"{a}+{m}") for a in ("hard", "task_sigma")
+        for m in ("equal", "pcgrad") for _ in range(2)]
+    assert fake.calls[8:] == [
+        ("hard", 1, "0.05", "out", "equal", "hard"),
+        ("hard", 1, "0.02", "out", "pcgrad", "hard+pcgrad"),
+        ("task_sigma", 1, "0.02", "out", "equal", "task_sigma"),
+        ("task_sigma", 1, "0.02", "out", "pcgrad", "task_sigma+pcgrad")]
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["picks"] == {"hard": {"lr": 0.05}, "hard+pcgrad": {"lr": 0.02},
+                               "task_sigma": {"lr": 0.02}, "task_sigma+pcgrad": {"lr": 0.02}}
+    assert tuning["scores"]["hard+pcgrad"] == {"lr=0.02": pytest.approx(0.8), "lr=0.05": 0.7}
+    result = json.loads((out / "compare.json").read_text())
+    assert list(result["summary"]) == ["hard", "hard+pcgrad", "task_sigma", "task_sigma+pcgrad"]
+    assert result["summary"]["hard+pcgrad"]["method"] == "pcgrad"
+    assert result["summary"]["hard+pcgrad"]["seeds"] == [0, 1]
+    assert "| hard sharing (BN) + pcgrad | 0.8000 | 0.7000 | lr=0.02 |" in capsys.readouterr().out
+    table = (out / "compare.md").read_text()
+    assert "| TSσBN + pcgrad | 90.00 ± 0.00 |" in table and "| TSσBN | 90.00 ± 0.00 |" in table
+    rows = list(csv.DictReader((out / "compare.csv").read_text().splitlines()))
+    assert {(r["architecture"], r["method"]) for r in rows} == {
+        (a, m) for a in ("hard", "task_sigma") for m in ("equal", "pcgrad")}
+
+
+def test_methods_train_each_method_and_merge_by_row(workdir):
+    """A real two-method comparison: each run trains with its method (its saved config says so);
+    merging it with a folder of the same architecture under another method is allowed, the same
+    row twice is refused."""
+    small = ["--data.init_args.sizes", "[96, 32, 32]", "--data.init_args.batch_size", "32",
+             "--model.backbone_args", '{"width": 2}', "--trainer.limit_train_batches", "2"]
+    main(["--architectures", "hard", "--methods", "uncertainty", "mgda", "--seeds", "1",
+          "--epochs", "1", "--output", "two", "--", *small])
+    records = json.loads((workdir / "two" / "compare.json").read_text())["records"]
+    assert [(r["architecture"], r["method"]) for r in records] == [
+        ("hard", "uncertainty"), ("hard", "mgda")]
+    for r in records:
+        config = yaml.safe_load((Path(r["log_dir"]) / "config.yaml").read_text())
+        assert config["model"]["balancing"]["weighting"] == r["method"]
+        assert Path(r["log_dir"]).parent.name == f"hard+{r['method']}"
+    main(["--architectures", "hard", "--seeds", "1", "--epochs", "1", "--output", "ew", "--",
+          *small])
+    main(["--merge", "two", "ew", "--output", "merged"])
+    summary = json.loads((workdir / "merged" / "compare.json").read_text())["summary"]
+    assert list(summary) == ["hard+uncertainty", "hard+mgda", "hard"]
+    with pytest.raises(SystemExit, match="repeats hard\\+uncertainty seed 0"):
+        main(["--merge", "two", "two", "--output", "refused"])
+
+
+@pytest.mark.parametrize("option", [["--model.balancing.weighting=pcgrad"],
+                                    ["--model.weighting", "pcgrad"],
+                                    ["--model.balancing", '{"weighting": "pcgrad"}']])
+def test_methods_must_not_contradict_a_fit_option(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--methods", "equal", "--output", str(tmp_path / "out"), "--", *option])
+    assert exit_info.value.code == 2
+    assert "--methods and the fit option" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        main(["--methods", "nope", "--output", str(tmp_path / "out")])

@@ -14,6 +14,10 @@ per architecture (``tuning.json``; under ``selection: relative``, whose scores a
 across runs, by :func:`relative_scores` instead); seeds 1, 2, ... train at the pick, and the
 seed-0 tuning run at the pick is reused as the seed-0 record rather than trained again.
 
+``--methods NAME ...`` adds a second axis: every architecture is trained with every balancing
+method named (:data:`tasknorm.train.METHODS`), each pair a row of its own (``hard+pcgrad``; a row
+trained with ``equal`` keeps the architecture's name), tuned and seeded alike.
+
 ``--merge DIR ...`` trains nothing: it tabulates the runs of earlier comparisons together (for
 example architectures compared in parallel processes), as if one command had run them all.
 """
@@ -38,7 +42,7 @@ from tasknorm.fit import model_defaults, resolve_config, run_cli
 from tasknorm.io import write_json, write_text
 from tasknorm.models import ARCHITECTURES, NORM_ARCHITECTURES, count_flops, count_parameters
 from tasknorm.tasks import delta_m
-from tasknorm.train import SELECTION_METRIC
+from tasknorm.train import METHODS, SELECTION_METRIC
 from tasknorm.train.options import grouped_name
 
 LABELS = {"single_task": "single-task", "hard": "hard sharing (BN)", "sigma": "hard sharing (σBN)",
@@ -50,6 +54,8 @@ DELTA_CONVENTION = ("Δm: per-task mean of ±(M−B)/B over all metrics, then me
 MAX_POINTS = 4
 """Largest tuning grid: each point costs one run per architecture."""
 Point = dict[str, int | float]
+Row = tuple[str, str | None]
+"""An architecture and the balancing method given by ``--methods`` (``None``: the config's)."""
 RELATIVE_TUNING = ("Δm % of the primary validation metrics at the best epoch against their mean "
                    "over the grid points")
 """The tuning score under ``selection: relative`` (:func:`relative_scores`)."""
@@ -99,14 +105,29 @@ def point_label(point: Point) -> str:
     return ",".join(f"{key}={value}" for key, value in point.items())
 
 
+def row_key(record: dict[str, Any]) -> str:
+    """The table row of a run: its architecture, joined by ``+`` to its balancing method unless
+    that is ``equal`` (records written before methods were recorded count as ``equal``)."""
+    method = record.get("method", "equal")
+    return record["architecture"] + ("" if method == "equal" else f"+{method}")
+
+
+def row_label(key: str) -> str:
+    """``hard+pcgrad`` → ``hard sharing (BN) + pcgrad``."""
+    architecture, plus, method = key.partition("+")
+    return LABELS.get(architecture, architecture) + (f" + {method}" if plus else "")
+
+
 def run_one(architecture: str, seed: int, output: Path, config: str | None,
-            overrides: Sequence[str], version: str | None = None) -> dict[str, Any]:
+            overrides: Sequence[str], version: str | None = None,
+            name: str | None = None) -> dict[str, Any]:
     """Train and test one architecture with one seed, logging to
-    ``<output>/<architecture>/<version>`` (default ``seed<seed>``); return its record, with
+    ``<output>/<name>/<version>`` (default ``<architecture>/seed<seed>``); return its record,
+    with ``method`` (the balancing method, ``weighting+aggregator`` when both are given) and
     ``val_score``, the best validation ``val/selection`` (``None`` unless the checkpoint callback
     selects on its maximum and it is finite)."""
     logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
-               "init_args": {"save_dir": str(output), "name": architecture,
+               "init_args": {"save_dir": str(output), "name": name or architecture,
                              "version": version or f"seed{seed}"}}]
     args = ["fit", *(["--config", config] if config else []),
             "--model.architecture", architecture, "--seed_everything", str(seed),
@@ -121,7 +142,10 @@ def run_one(architecture: str, seed: int, output: Path, config: str | None,
     score = (checkpoint.best_model_score if checkpoint is not None
              and checkpoint.monitor == SELECTION_METRIC and checkpoint.mode == "max" else None)
     tasks = cli.model.tasks
-    return {"architecture": architecture, "seed": seed, "test": cli.results["test"],
+    balancing = cli.model.balancing
+    method = "+".join(m for m in (balancing.weighting, balancing.aggregator) if m is not None)
+    return {"architecture": architecture, "method": method, "seed": seed,
+            "test": cli.results["test"],
             "val_score": float(score) if score is not None and score.isfinite() else None,
             "parameters": count_parameters(model), "flops": count_flops(model, example),
             "seconds": seconds, "checkpoint": cli.results["checkpoint"],
@@ -131,43 +155,46 @@ def run_one(architecture: str, seed: int, output: Path, config: str | None,
             "fractions": {name: task.fractions for name, task in tasks.items()}}
 
 
-def tune(architectures: Sequence[str], grid: dict[str, list[int | float]], output: Path,
+def tune(rows: Sequence[Row], grid: dict[str, list[int | float]], output: Path,
          config: str | None, overrides: Sequence[str]
-         ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Train seed 0 of every architecture at every point of ``grid`` (logs in
-    ``<output>/tuning/<architecture>/<point>``) and pick, per architecture, the point with the
-    highest score (the first on ties; a point whose loss diverged scores ``None``). The score is
-    the best validation ``val/selection`` under ``selection: mean``; under ``relative``, whose
-    values are gains over each run's own first epoch and so not comparable across runs, it is
-    :func:`relative_scores`. Returns the tuning summary (``grid``, ``metric``, ``scores`` per
-    architecture and point label, ``picks``) and each architecture's record at its pick, which
-    serves as its seed-0 record."""
+         ) -> tuple[dict[str, Any], dict[Row, dict[str, Any]]]:
+    """Train seed 0 of every row (architecture and balancing method, ``None``: the config's) at
+    every point of ``grid`` (logs in ``<output>/tuning/<row>/<point>``) and pick, per row, the
+    point with the highest score (the first on ties; a point whose loss diverged scores
+    ``None``). The score is the best validation ``val/selection`` under ``selection: mean``;
+    under ``relative``, whose values are gains over each run's own first epoch and so not
+    comparable across runs, it is :func:`relative_scores`. Returns the tuning summary (``grid``,
+    ``metric``, ``scores`` per row key and point label, ``picks``) and each row's record at its
+    pick, which serves as its seed-0 record."""
     scores: dict[str, dict[str, float | None]] = {}
     picks: dict[str, Point] = {}
-    picked: dict[str, dict[str, Any]] = {}
+    picked: dict[Row, dict[str, Any]] = {}
     metric = f"best validation {SELECTION_METRIC}"
-    for arch in architectures:
-        scores[arch], runs = {}, {}
+    for row in rows:
+        name = _folder(*row)
+        row_scores: dict[str, float | None] = {}
+        runs: dict[str, dict[str, Any]] = {}
         for point in grid_points(grid):
             label = point_label(point)
             try:
-                run = _run(arch, 0, output / "tuning", config, overrides, point, label)
+                run = _run(row, 0, output / "tuning", config, overrides, point, label)
             except FloatingPointError as error:
-                print(f"tasknorm compare: {arch} at {label} diverged: {error}")
-                scores[arch][label] = None
+                print(f"tasknorm compare: {name} at {label} diverged: {error}")
+                row_scores[label] = None
                 continue
             if run["val_score"] is None:
                 raise UsageError(f"--grid needs a finite best {SELECTION_METRIC}"
-                                 f" from a ModelCheckpoint with mode max; {arch} at {label} has "
+                                 f" from a ModelCheckpoint with mode max; {name} at {label} has "
                                  "none (check the config's checkpoint callback)")
-            scores[arch][label], runs[label] = run["val_score"], run
+            row_scores[label], runs[label] = run["val_score"], run
         if not runs:
-            raise RunFailed(f"{arch} diverged at every grid point")
+            raise RunFailed(f"{name} diverged at every grid point")
         if next(iter(runs.values())).get("selection") == "relative":
-            scores[arch].update(relative_scores(runs))
+            row_scores.update(relative_scores(runs))
             metric = RELATIVE_TUNING
-        label = max(runs, key=lambda label: scores[arch][label])
-        picked[arch], picks[arch] = runs[label], runs[label]["point"]
+        label = max(runs, key=lambda label: row_scores[label])
+        key = row_key(runs[label])
+        scores[key], picks[key], picked[row] = row_scores, runs[label]["point"], runs[label]
     return {"grid": grid, "metric": metric, "seed": 0, "scores": scores, "picks": picks}, picked
 
 
@@ -199,30 +226,32 @@ def best_epoch_primaries(record: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def tuning_table(tuning: dict[str, Any]) -> str:
-    """Markdown table: one row per architecture, its score at every grid point and its pick."""
+    """Markdown table: one row per compared row, its score at every grid point and its pick."""
     labels = list(next(iter(tuning["scores"].values())))
     header = ["architecture", *labels, "pick"]
     lines = [f"Tuning, seed {tuning['seed']}: {tuning['metric']}",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for arch, scores in tuning["scores"].items():
-        cells = [LABELS.get(arch, arch),
+    for key, scores in tuning["scores"].items():
+        cells = [row_label(key),
                  *["diverged" if s is None else f"{s:.4f}" for s in scores.values()],
-                 point_label(tuning["picks"][arch])]
+                 point_label(tuning["picks"][key])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float]] | None
               ) -> dict[str, Any]:
-    """Mean ± std over seeds per architecture and metric, and Δm against ``baseline``."""
+    """Mean ± std over seeds per row (:func:`row_key`) and metric, and Δm against
+    ``baseline``."""
     summary: dict[str, Any] = {}
-    for arch in dict.fromkeys(r["architecture"] for r in records):
-        runs = [r for r in records if r["architecture"] == arch]
+    for key in dict.fromkeys(map(row_key, records)):
+        runs = [r for r in records if row_key(r) == key]
         metrics = {task: {m: _mean_std([r["test"][task][m] for r in runs]) for m in values}
                    for task, values in runs[0]["test"].items()}
         means = {task: {m: v["mean"] for m, v in values.items()}
                  for task, values in metrics.items()}
-        summary[arch] = {
+        summary[key] = {
+            "architecture": runs[0]["architecture"], "method": runs[0].get("method", "equal"),
             "seeds": [r["seed"] for r in runs], "metrics": metrics,
             "delta_m": (delta_m(means, baseline, runs[0]["higher_is_better"])
                         if baseline is not None else None),
@@ -235,8 +264,8 @@ def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    """One row per architecture: metrics (mean ± std; fractions in percent), Δm, parameters,
-    FLOPs, time, runs that converged."""
+    """One row per architecture (and balancing method): metrics (mean ± std; fractions in
+    percent), Δm, parameters, FLOPs, time, runs that converged."""
     first = next(iter(summary.values()))
     fractions = first["fractions"]
     columns = [(task, m) for task, values in first["metrics"].items() for m in values]
@@ -244,8 +273,8 @@ def markdown(summary: dict[str, Any]) -> str:
                                 for t, m in columns],
               "Δm %", "params", "MFLOPs/img", "time s", "converged"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for arch, row in summary.items():
-        cells = [LABELS.get(arch, arch)]
+    for key, row in summary.items():
+        cells = [row_label(key)]
         cells += [_pm(row["metrics"][t][m], 100 if fractions[t][m] else 1) for t, m in columns]
         cells.append("—" if row["delta_m"] is None else f"{row['delta_m']:+.2f}")
         seconds = row["seconds"]
@@ -263,6 +292,9 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--architectures", nargs="+", default=list(NORM_ARCHITECTURES),
                         choices=ARCHITECTURES,
                         help="default: " + " ".join(NORM_ARCHITECTURES))
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), metavar="METHOD",
+                        help="train every architecture with each of these balancing methods "
+                             "(default: the config's); one of " + " ".join(sorted(METHODS)))
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     parser.add_argument("--epochs", type=int, default=3,
                         help="training epochs per run (3 keeps the default within 15 minutes "
@@ -291,37 +323,41 @@ def main(argv: Sequence[str]) -> None:
         if grouped_name(key) in given:
             parser.error(f"--grid {key} and the fit option {given[grouped_name(key)]} "
                          "contradict each other")
+    for key in ("balancing", "balancing.weighting"):
+        if args.methods and key in given:
+            parser.error(f"--methods and the fit option {given[key]} contradict each other")
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
         parser.error(f"output folder {output} is not empty; choose another --output")
     given = _read_baseline(args.baseline) if args.baseline else None
     command = "tasknorm compare " + " ".join(argv if argv is not None else [])
     if args.merge:
-        if args.grid or args.overrides:
-            parser.error("--merge trains nothing; it takes no --grid or fit options")
+        if args.grid or args.methods or args.overrides:
+            parser.error("--merge trains nothing; it takes no --grid, --methods or fit options")
         records, tuning = merged_runs([Path(folder) for folder in args.merge])
         _write_results(output, records, tuning, given, command)
         return
     config = resolve_config(args.config) if args.config else None
     overrides = ["--trainer.max_epochs", str(args.epochs), *args.overrides]
+    rows = [(arch, method) for arch in args.architectures for method in args.methods or [None]]
     tuning, picked = None, {}
     if grid is not None:
-        tuning, picked = tune(args.architectures, grid, output, config, overrides)
+        tuning, picked = tune(rows, grid, output, config, overrides)
         write_json(output / "tuning.json", tuning)
         print(tuning_table(tuning) + "\n")
     records = []
-    for arch in args.architectures:
-        first = [picked[arch]] if arch in picked else []  # seed 0: the tuning run at the pick
-        point = picked[arch]["point"] if first else {}
-        records += first + [_run(arch, seed, output, config, overrides, point)
+    for row in rows:
+        first = [picked[row]] if row in picked else []  # seed 0: the tuning run at the pick
+        point = picked[row]["point"] if first else {}
+        records += first + [_run(row, seed, output, config, overrides, point)
                             for seed in range(len(first), args.seeds)]
     _write_results(output, records, tuning, given, command)
 
 
 def merged_runs(folders: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The records and tuning of the ``compare.json`` in each of ``folders``, joined. Refuses
-    folders whose runs cannot share a table: other tasks, other grids, or an architecture and
-    seed that two folders both ran."""
+    folders whose runs cannot share a table: other tasks, other grids, or a row (architecture
+    and method) and seed that two folders both ran."""
     records: list[dict[str, Any]] = []
     tunings = []
     for folder in folders:
@@ -334,10 +370,9 @@ def merged_runs(folders: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str
             if records and set(record["test"]) != set(records[0]["test"]):
                 raise UsageError(f"{path} has tasks {sorted(record['test'])}, the runs before "
                                  f"it {sorted(records[0]['test'])}")
-            if any((r["architecture"], r["seed"]) == (record["architecture"], record["seed"])
+            if any((row_key(r), r["seed"]) == (row_key(record), record["seed"])
                    for r in records):
-                raise UsageError(f"{path} repeats {record['architecture']} seed "
-                                 f"{record['seed']}")
+                raise UsageError(f"{path} repeats {row_key(record)} seed {record['seed']}")
             records.append(record)
         if result["tuning"] is not None:
             tunings.append(result["tuning"])
@@ -372,17 +407,27 @@ def _write_results(output: Path, records: list[dict[str, Any]], tuning: dict[str
           + (", tuning.json" if tuning else ""))
 
 
-def _run(architecture: str, seed: int, output: Path, config: str | None,
-         overrides: Sequence[str], point: Point, version: str | None = None) -> dict[str, Any]:
-    """:func:`run_one` with the grid ``point``'s model options; the record keeps the point,
-    whether the run converged and each task's late improvement (:func:`convergence`)."""
+def _run(row: Row, seed: int, output: Path, config: str | None, overrides: Sequence[str],
+         point: Point, version: str | None = None) -> dict[str, Any]:
+    """:func:`run_one` of ``row`` with the grid ``point``'s model options; the record keeps the
+    point, whether the run converged and each task's late improvement (:func:`convergence`)."""
+    architecture, method = row
     options = [arg for key, value in point.items() for arg in (f"--model.{key}", str(value))]
-    record = {**run_one(architecture, seed, output, config, [*overrides, *options], version),
-              "point": point}
+    if method is not None:
+        options += ["--model.balancing.weighting", method]
+    record = {**run_one(architecture, seed, output, config, [*overrides, *options], version,
+                        _folder(*row)), "point": point}
     record["converged"], record["improvements"] = convergence(
         read_curves(record["log_dir"], record["primary"]), _primary(record, "higher_is_better"),
         _primary(record, "fractions"))
     return record
+
+
+def _folder(architecture: str, method: str | None) -> str:
+    """The log folder of a row: its :func:`row_key`, or the architecture when the method is the
+    config's."""
+    return architecture if method is None else row_key(
+        {"architecture": architecture, "method": method})
 
 
 def _primary(record: dict[str, Any], key: str) -> dict[str, Any]:
@@ -391,10 +436,10 @@ def _primary(record: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _plot(records: list[dict[str, Any]], path: Path) -> None:
-    """``curves.png``: each task's primary validation metric, one line per architecture."""
+    """``curves.png``: each task's primary validation metric, one line per row."""
     runs: dict[str, list[dict[str, Curve]]] = {}
     for record in records:
-        runs.setdefault(LABELS.get(record["architecture"], record["architecture"]), []).append(
+        runs.setdefault(row_label(row_key(record)), []).append(
             read_curves(record["log_dir"], record["primary"]))
     fraction = _primary(records[0], "fractions")
     primary = records[0]["primary"]
@@ -411,10 +456,12 @@ def _read_baseline(path: str) -> dict[str, dict[str, float]]:
 
 def _single_task_baseline(records: list[dict[str, Any]], output: Path
                           ) -> dict[str, dict[str, float]] | None:
-    """Mean test metrics of the single-task runs (saved as ``baseline.json``), if any."""
-    runs = [r for r in records if r["architecture"] == "single_task"]
-    if not runs:
+    """Mean test metrics of the first single-task row's runs (saved as ``baseline.json``), if
+    any."""
+    single = [row_key(r) for r in records if r["architecture"] == "single_task"]
+    if not single:
         return None
+    runs = [r for r in records if row_key(r) == single[0]]
     baseline = {task: {m: statistics.fmean(r["test"][task][m] for r in runs) for m in values}
                 for task, values in runs[0]["test"].items()}
     write_json(output / "baseline.json", baseline)
@@ -448,11 +495,12 @@ def _pm(value: dict[str, float], scale: float) -> str:
 def _csv(records: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["architecture", "seed", "task", "metric", "value", "parameters", "flops",
-                     "seconds"])
+    writer.writerow(["architecture", "method", "seed", "task", "metric", "value", "parameters",
+                     "flops", "seconds"])
     for r in records:
         for task, values in r["test"].items():
             for metric, value in values.items():
-                writer.writerow([r["architecture"], r["seed"], task, metric, value,
+                writer.writerow([r["architecture"], r.get("method", "equal"), r["seed"], task,
+                                 metric, value,
                                  r["parameters"], r["flops"], f"{r['seconds']:.1f}"])
     return buffer.getvalue()
