@@ -105,11 +105,15 @@ def point_label(point: Point) -> str:
     return ",".join(f"{key}={value}" for key, value in point.items())
 
 
+def row_name(architecture: str, method: str | None) -> str:
+    """``hard``, ``pcgrad`` → ``hard+pcgrad``; a row trained with ``equal`` or the config's
+    method (``None``) keeps the architecture's name."""
+    return architecture if method in (None, "equal") else f"{architecture}+{method}"
+
+
 def row_key(record: dict[str, Any]) -> str:
-    """The table row of a run: its architecture, joined by ``+`` to its balancing method unless
-    that is ``equal`` (records written before methods were recorded count as ``equal``)."""
-    method = record.get("method", "equal")
-    return record["architecture"] + ("" if method == "equal" else f"+{method}")
+    """The table row of a run (:func:`row_name` of its architecture and method)."""
+    return row_name(record["architecture"], _method(record))
 
 
 def row_label(key: str) -> str:
@@ -171,7 +175,7 @@ def tune(rows: Sequence[Row], grid: dict[str, list[int | float]], output: Path,
     picked: dict[Row, dict[str, Any]] = {}
     metric = f"best validation {SELECTION_METRIC}"
     for row in rows:
-        name = _folder(*row)
+        name = row_name(*row)
         row_scores: dict[str, float | None] = {}
         runs: dict[str, dict[str, Any]] = {}
         for point in grid_points(grid):
@@ -251,7 +255,7 @@ def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float
         means = {task: {m: v["mean"] for m, v in values.items()}
                  for task, values in metrics.items()}
         summary[key] = {
-            "architecture": runs[0]["architecture"], "method": runs[0].get("method", "equal"),
+            "architecture": runs[0]["architecture"], "method": _method(runs[0]),
             "seeds": [r["seed"] for r in runs], "metrics": metrics,
             "delta_m": (delta_m(means, baseline, runs[0]["higher_is_better"])
                         if baseline is not None else None),
@@ -416,18 +420,17 @@ def _run(row: Row, seed: int, output: Path, config: str | None, overrides: Seque
     if method is not None:
         options += ["--model.balancing.weighting", method]
     record = {**run_one(architecture, seed, output, config, [*overrides, *options], version,
-                        _folder(*row)), "point": point}
+                        row_name(*row)), "point": point}
     record["converged"], record["improvements"] = convergence(
         read_curves(record["log_dir"], record["primary"]), _primary(record, "higher_is_better"),
         _primary(record, "fractions"))
     return record
 
 
-def _folder(architecture: str, method: str | None) -> str:
-    """The log folder of a row: its :func:`row_key`, or the architecture when the method is the
-    config's."""
-    return architecture if method is None else row_key(
-        {"architecture": architecture, "method": method})
+def _method(record: dict[str, Any]) -> str:
+    """A record's balancing method; records written before methods were recorded count as
+    ``equal``."""
+    return record.get("method", "equal")
 
 
 def _primary(record: dict[str, Any], key: str) -> dict[str, Any]:
@@ -500,7 +503,6 @@ def _csv(records: list[dict[str, Any]]) -> str:
     for r in records:
         for task, values in r["test"].items():
             for metric, value in values.items():
-                writer.writerow([r["architecture"], r.get("method", "equal"), r["seed"], task,
-                                 metric, value,
+                writer.writerow([r["architecture"], _method(r), r["seed"], task, metric, value,
                                  r["parameters"], r["flops"], f"{r['seconds']:.1f}"])
     return buffer.getvalue()
