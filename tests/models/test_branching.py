@@ -71,6 +71,8 @@ def test_training_mixes_parents_with_gumbel_softmax_samples():
     ltb = net.backbone
     assert [tuple(p.shape) for p in ltb.branch_logits] == [(3, 3)] * 3
     assert ltb.task_logits.shape == (2, 3)
+    weights = ltb._sample(ltb.task_logits)  # one-hot by default: training runs one tree
+    assert torch.equal(weights.sort(dim=1).values, torch.tensor([[0.0, 0, 1]] * 2))
     torch.manual_seed(1)
     first = net(X)["left"]
     torch.manual_seed(1)

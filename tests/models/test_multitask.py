@@ -51,7 +51,8 @@ def test_every_architecture_is_a_valid_option():
 
 @pytest.mark.parametrize("architecture", list(LEARNED_SHARING))
 def test_learned_sharing_trains_every_parameter_and_counts(architecture):
-    net = model(architecture)
+    # one-hot samples (the default) reach only the sampled tree's nodes in one pass
+    net = model(architecture, architecture_args={"hard": False} if architecture == "ltb" else None)
     x = torch.randn(4, 1, 23, 23)
     sum(output.square().mean() for output in net(x).values()).backward()
     untouched = [name for name, p in net.named_parameters()
@@ -255,3 +256,34 @@ def test_flops_and_parameters_hard_vs_task_sigma(backbone, kwargs, head):
     norm_channels = sum(m.num_features for m in plain.modules() if isinstance(m, nn.BatchNorm2d))
     assert ts_params - hard_params == (3 - 2) * norm_channels
     assert 1.0 < ts_params / hard_params < 1.01
+
+
+def _commit_to_one_tree(net):
+    """Learning to Branch with logits so large that every sample is the hard tree."""
+    for logits in (*net.backbone.branch_logits, net.backbone.task_logits):
+        with torch.no_grad():
+            logits.copy_(1e4 * torch.eye(*logits.shape))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_evaluation_with_the_statistics_of_a_batch_computes_what_training_did(architecture):
+    """Contract: running statistics taken from one batch (momentum 1) make evaluation on that
+    batch compute what training computed on it. It fails where one norm normalises inputs of
+    different distributions in separate calls (its running statistics keep the last one's) or
+    where evaluation takes another path than training."""
+    net = model(architecture)
+    if architecture == "ltb":
+        _commit_to_one_tree(net)
+    norms = [m for m in net.modules() if getattr(m, "running_mean", None) is not None]
+    assert norms
+    for norm in norms:
+        norm.momentum = 1.0
+    with torch.no_grad():
+        for parameter in net.parameters():  # tasks whose features differ clearly
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    x = torch.randn(512, 1, 23, 23)
+    with torch.no_grad():
+        trained = net.train()(x)
+        evaluated = net.eval()(x)
+    for task in trained:
+        torch.testing.assert_close(evaluated[task], trained[task], atol=2e-3, rtol=2e-2)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from tasknorm.models import MultiTaskModel, digits_cnn
-from tasknorm.models.soft_sharing import CrossStitchUnit, resize_like
+from tasknorm.models.soft_sharing import CallerStatistics, CrossStitchUnit, resize_like
 from tasknorm.models.stages import initial_state
 from tasknorm.tasks import ClassificationTask
 
@@ -88,12 +88,12 @@ def test_mtan_follows_the_attention_recursion():
         for j, stage in enumerate(mtan.shared.stages):
             state = stage(state)
             p = state.features
-            for task in ("left", "right"):
+            for index, task in enumerate(("left", "right")):
                 mask = mtan.attention[j][task]
                 if j == 0:
                     inputs = p
                 else:
-                    previous = mtan.extractors[j - 1](attended[task])
+                    previous = mtan.extractors[j - 1](attended[task], index)
                     previous = (previous.mean(dim=(2, 3)) if p.dim() == 2 else
                                 F.adaptive_avg_pool2d(previous, p.shape[-2:]))
                     inputs = torch.cat([p, previous], dim=1)
@@ -114,3 +114,22 @@ def test_resize_like():
     torch.testing.assert_close(resize_like(tokens, torch.zeros(1, 1, 2, 3)),
                                torch.tensor([[[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]]]))
     torch.testing.assert_close(resize_like(tokens, torch.zeros(1, 1)), torch.tensor([[3.0]]))
+
+
+def test_caller_statistics_are_a_batch_norm_per_caller_with_shared_affine():
+    torch.manual_seed(0)
+    norm = CallerStatistics(3, 2)
+    with torch.no_grad():
+        norm.weight.uniform_()
+        norm.bias.uniform_()
+    references = [torch.nn.BatchNorm2d(3) for _ in range(2)]
+    for reference in references:
+        reference.load_state_dict({"weight": norm.weight, "bias": norm.bias}, strict=False)
+    inputs = [torch.randn(4, 3, 5, 5), 3 + 2 * torch.randn(4, 3, 5, 5)]
+    for train in (True, False):
+        norm.train(train)
+        for caller, (x, reference) in enumerate(zip(inputs, references, strict=True)):
+            torch.testing.assert_close(norm(x, caller), reference.train(train)(x))
+    for caller, reference in enumerate(references):
+        torch.testing.assert_close(norm.running_mean[caller], reference.running_mean)
+        torch.testing.assert_close(norm.running_var[caller], reference.running_var)

@@ -314,7 +314,9 @@ def test_relative_selection_is_the_gain_over_the_first_validation(tmp_path, data
 @pytest.mark.parametrize("architecture", list(LEARNED_SHARING))
 def test_learned_sharing_architectures_train(tmp_path, data, architecture):
     L.seed_everything(0)
-    model = module(data, architecture=architecture)
+    # one-hot samples (the default) train only the sampled tree's nodes at each step
+    args = {"hard": False} if architecture == "ltb" else None
+    model = module(data, architecture=architecture, architecture_args=args)
     before = {name: p.detach().clone() for name, p in model.model.backbone.named_parameters()}
     fit = trainer(tmp_path, max_steps=2, enable_checkpointing=False)
     fit.fit(model, data)  # with the sanity check's validation steps

@@ -26,23 +26,28 @@ class LearningToBranch(nn.Module):
     uniform).
 
     Training (``self.training``): every node runs, and each child reads the Gumbel-softmax
-    sample of its parents (Jang et al., arXiv:1611.01144) at ``temperature``: the weighted sum of
-    their outputs (``hard=True``: a one-hot sample, with the soft sample's gradient). The logits
-    train jointly with the weights, by the same optimizer; the temperature stays fixed.
+    sample of its parents (Jang et al., arXiv:1611.01144) at ``temperature``: by default a
+    one-hot sample with the soft sample's gradient (straight-through), so every step trains one
+    sampled tree; ``hard=False``: the weighted sum of the parents' outputs. The logits train
+    jointly with the weights, by the same optimizer; the temperature stays fixed.
     Evaluation: the hard tree, every child's parent being its largest logit (:meth:`tree`); only
     the nodes on the tasks' paths run.
+
+    Soft samples train on mixtures of parents that evaluation never computes: on
+    ``multidigits_contested`` (4 epochs) the validation loss of ``left`` reached 79 against a
+    training loss of 2.2; with one-hot samples both stayed at 2.2-2.3.
 
     Args:
         backbone: builds one backbone copy.
         tasks: the task names.
         nodes: nodes per stage (``None``: one per task).
         temperature: Gumbel-softmax temperature ``τ > 0``.
-        hard: straight-through one-hot samples in training.
+        hard: straight-through one-hot samples in training (the default), else soft ones.
     """
 
     def __init__(self, backbone: Callable[[], nn.Module], tasks: Sequence[str],
                  nodes: int | None = None, temperature: float = 1.0,
-                 hard: bool = False) -> None:
+                 hard: bool = True) -> None:
         super().__init__()
         self.task_names = tuple(tasks)
         nodes = len(self.task_names) if nodes is None else nodes

@@ -90,13 +90,39 @@ class CrossStitchNetwork(nn.Module):
         return {t: s.features for t, s in zip(self.task_names, states, strict=True)}
 
 
+class CallerStatistics(nn.Module):
+    """Batch norm over ``channels`` with one scale and shift shared by ``callers`` and running
+    statistics of each caller's own: ``forward(x, caller)`` normalises ``x`` as a BatchNorm
+    would, in training with ``x``'s batch statistics (updating caller's running ones), in
+    evaluation with caller's running statistics. One BatchNorm called on inputs of different
+    distributions would instead keep running statistics of whichever caller ran last."""
+
+    def __init__(self, channels: int, callers: int, eps: float = 1e-5,
+                 momentum: float = 0.1) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(callers, channels))
+        self.register_buffer("running_var", torch.ones(callers, channels))
+        self.eps, self.momentum = eps, momentum
+
+    def forward(self, x: Tensor, caller: int) -> Tensor:
+        return F.batch_norm(x, self.running_mean[caller], self.running_var[caller], self.weight,
+                            self.bias, self.training, self.momentum, self.eps)
+
+    def extra_repr(self) -> str:
+        callers, channels = self.running_mean.shape
+        return f"channels={channels}, callers={callers}"
+
+
 class ConvNormAct(nn.Module):
     """Convolution (no bias), batch norm and ``activation`` over the channels of features of
     any form: ``kernel_size × kernel_size`` ("same" padding) on maps, 1×1 on vectors and tokens
-    (a ``(B, C, L)`` view, so the norm takes its statistics over the batch and positions)."""
+    (a ``(B, C, L)`` view, so the norm takes its statistics over the batch and positions).
+    With ``callers``, the norm is :class:`CallerStatistics` and ``forward`` takes the caller."""
 
     def __init__(self, in_channels: int, out_channels: int, form: Form, activation: nn.Module,
-                 kernel_size: int = 1) -> None:
+                 kernel_size: int = 1, callers: int | None = None) -> None:
         super().__init__()
         if form == "map":
             self.conv: nn.Module = nn.Conv2d(in_channels, out_channels, kernel_size,
@@ -105,14 +131,16 @@ class ConvNormAct(nn.Module):
         else:
             self.conv = nn.Conv1d(in_channels, out_channels, 1, bias=False)
             self.norm = nn.BatchNorm1d(out_channels)
+        if callers is not None:
+            self.norm = CallerStatistics(out_channels, callers)
         self.activation = activation
         self.form = form
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *caller: int) -> Tensor:
         if self.form == "map":
-            return self.activation(self.norm(self.conv(x)))
+            return self.activation(self.norm(self.conv(x), *caller))
         view = x.unsqueeze(2) if self.form == "vector" else x.transpose(1, 2)
-        out = self.activation(self.norm(self.conv(view)))
+        out = self.activation(self.norm(self.conv(view), *caller))
         return out.squeeze(2) if self.form == "vector" else out.transpose(1, 2)
 
     def extra_repr(self) -> str:
@@ -145,6 +173,12 @@ class MTAN(nn.Module):
     from a map to a vector; the last ``H × W`` tokens as a map). Task features: ``â_t`` of the
     last stage.
 
+    ``f^j``'s convolution and BatchNorm scale and shift are shared by the tasks, its running
+    statistics are each task's (:class:`CallerStatistics`): training computes what one shared
+    BatchNorm called once per task computes, and evaluation normalises every task with its own
+    statistics, not with those of the task that ran last (on ``multidigits_contested`` the first
+    task's validation loss rose while its training loss fell).
+
     Adapting to the stage split: the paper's attention at block ``j`` reads the output ``u_j``
     of the block's first layer and masks its last ``p_j``; a stage here is a block of any
     backbone, so both are the stage output ``p_j``.
@@ -165,7 +199,8 @@ class MTAN(nn.Module):
             for j, s in enumerate(stages))
         self.extractors = nn.ModuleList(
             ConvNormAct(before.out_channels, after.out_channels, before.form,
-                        nn.ReLU(inplace=True), 3 if before.form == "map" else 1)
+                        nn.ReLU(inplace=True), 3 if before.form == "map" else 1,
+                        callers=len(self.task_names))
             for before, after in itertools.pairwise(stages))
         self.out_features: int = stages[-1].out_channels
 
@@ -175,10 +210,10 @@ class MTAN(nn.Module):
         for j, (stage, masks) in enumerate(zip(self.shared.stages, self.attention, strict=True)):
             state = stage(state)
             shared = state.features
-            for t in self.task_names:
+            for index, t in enumerate(self.task_names):
                 inputs = shared
                 if j > 0:
-                    previous = resize_like(self.extractors[j - 1](attended[t]), shared)
+                    previous = resize_like(self.extractors[j - 1](attended[t], index), shared)
                     inputs = torch.cat([shared, previous], channel_dim(stage.form))
                 attended[t] = masks[t](inputs) * shared
         return attended

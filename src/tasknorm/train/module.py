@@ -41,6 +41,7 @@ from tasknorm.train.aggregation import Aggregation, mean_over_processes, write_g
 from tasknorm.train.balancing import build_balance
 from tasknorm.train.cosreg import CosReg
 from tasknorm.train.gradients import shared_parameters, task_jacobian
+from tasknorm.train.loss_means import TaskLossMeans
 from tasknorm.train.options import (
     Balancing,
     Gates,
@@ -151,8 +152,8 @@ class MultiTaskModule(L.LightningModule):
         self.stepped = True  # whether the last training batch ended in an optimizer step
         self.selection_reference: dict[str, float] | None = None
         self.task_losses: dict[str, Tensor] = {}
-        # per task, the validation batches of this epoch with a non-finite loss
-        self.nonfinite_val_losses = torch.zeros(len(self.tasks))
+        self.loss_means = nn.ModuleDict({f"{stage}_loss": TaskLossMeans(len(self.tasks))
+                                         for stage in ("train", "val", "test")})
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({name: task.build_metrics() for name, task in self.tasks.items()})
             for stage in ("val", "test")
@@ -182,15 +183,14 @@ class MultiTaskModule(L.LightningModule):
         with their graph); a NaN or infinite loss stops training, naming the task."""
         losses = self._losses(self.model(batch["image"]), batch)
         self.task_losses = losses
-        for name, loss in losses.items():
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss of task {name!r} is {loss.item()} at step "
-                                         f"{self.global_step} (epoch {self.current_epoch})")
+        if not torch.isfinite(torch.stack(list(losses.values()))).all():
+            name, loss = next((n, v) for n, v in losses.items() if not torch.isfinite(v))
+            raise FloatingPointError(f"loss of task {name!r} is {loss.item()} at step "
+                                     f"{self.global_step} (epoch {self.current_epoch})")
         return losses
 
     def _log_training(self, losses: dict[str, Tensor], total: Tensor, size: int) -> None:
-        self.log_dict({f"train/{name}_loss": loss.detach() for name, loss in losses.items()},
-                      on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.loss_means["train_loss"].update(torch.stack(list(losses.values())), size)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=size)
 
     def _manual_step(self, batch: dict[str, Tensor]) -> Tensor:
@@ -255,9 +255,9 @@ class MultiTaskModule(L.LightningModule):
             scheduler = self.lr_schedulers()
             if scheduler is not None:
                 scheduler.step()
-        metrics = self.trainer.callback_metrics
-        self.weighting.epoch_end({name: float(metrics[f"train/{name}_loss"])
-                                  for name in self.tasks})
+        means = self._log_loss_means("train")
+        if means:
+            self.weighting.epoch_end(means)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate_step(batch, "val")
@@ -266,6 +266,7 @@ class MultiTaskModule(L.LightningModule):
         self._evaluate_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
+        losses = self._log_loss_means("val")
         results = self._compute_metrics("val")
         primaries = {name: results[name][task.primary] for name, task in self.tasks.items()}
         signs = {name: 1.0 if self.directions[name][task.primary] else -1.0
@@ -280,21 +281,21 @@ class MultiTaskModule(L.LightningModule):
                       if reference[name] else 0.0 for name, value in primaries.items()]
         score = sum(scores) / len(scores)
         if not self.trainer.sanity_checking:
-            self._check_validation(score)
+            self._check_validation(losses, score)
         self.log(SELECTION_METRIC, score, prog_bar=True, sync_dist=True)
 
-    def _check_validation(self, score: float) -> None:
-        """Stop a run whose model diverged: a non-finite validation loss (on any process) or
-        score. Raised before the checkpoint callbacks run, so no checkpoint holds the model."""
-        counts = self.trainer.strategy.reduce(self.nonfinite_val_losses, reduce_op="sum")
-        diverged = [name for name, count in zip(self.tasks, counts.tolist(), strict=True)
-                    if count]
+    def _check_validation(self, losses: dict[str, float], score: float) -> None:
+        """Stop a run whose model diverged: a non-finite validation loss (on any process: the
+        means are synchronised) or score. Raised before the checkpoint callbacks run, so no
+        checkpoint holds the model."""
+        diverged = [name for name, loss in losses.items() if not math.isfinite(loss)]
         if diverged or not math.isfinite(score):
             raise FloatingPointError(f"validation at epoch {self.current_epoch}: the model "
                                      f"diverged (non-finite loss of tasks {diverged}, "
                                      f"{SELECTION_METRIC} = {score})")
 
     def on_test_epoch_end(self) -> None:
+        self._log_loss_means("test")
         self._compute_metrics("test")
 
     def monitorable_metrics(self) -> list[str]:
@@ -353,18 +354,24 @@ class MultiTaskModule(L.LightningModule):
     def _losses(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {name: task.loss(outputs[name], batch[name]) for name, task in self.tasks.items()}
 
-    def on_validation_epoch_start(self) -> None:
-        self.nonfinite_val_losses = torch.zeros(len(self.tasks), device=self.device)
-
     def _evaluate_step(self, batch: dict[str, Tensor], stage: str) -> None:
         outputs = self.model(batch["image"])
         losses = self._losses(outputs, batch)
-        if stage == "val":
-            self.nonfinite_val_losses += torch.stack([~loss.isfinite() for loss in losses.values()])
-        self.log_dict({f"{stage}/{name}_loss": loss for name, loss in losses.items()},
-                      batch_size=batch["image"].size(0), sync_dist=True)
+        self.loss_means[f"{stage}_loss"].update(torch.stack(list(losses.values())),
+                                                batch["image"].size(0))
         for name, task in self.tasks.items():
             self.metrics[stage][name].update(task.prediction(outputs[name]), batch[name])
+
+    def _log_loss_means(self, stage: str) -> dict[str, float]:
+        """Compute (synchronised), log as ``{stage}/{task}_loss`` and reset the epoch's loss
+        means of ``stage``; empty when the epoch had no batch."""
+        means = self.loss_means[f"{stage}_loss"]
+        if not means.update_called:
+            return {}
+        values = dict(zip(self.tasks, means.compute().tolist(), strict=True))
+        means.reset()
+        self.log_dict({f"{stage}/{name}_loss": value for name, value in values.items()})
+        return values
 
     def _compute_metrics(self, stage: str) -> dict[str, dict[str, float]]:
         """Compute (synchronised), log and reset the metrics of ``stage``."""
