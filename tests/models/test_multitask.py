@@ -12,6 +12,7 @@ from tasknorm.models import (
     ARCHITECTURES,
     LEARNED_SHARING,
     NORM_ARCHITECTURES,
+    TREE,
     MultiTaskModel,
     build_backbone,
     count_flops,
@@ -46,7 +47,7 @@ def test_every_architecture_returns_one_output_per_task(architecture):
 
 def test_every_architecture_is_a_valid_option():
     assert ARCHITECTURES == get_args(Architecture)
-    assert set(ARCHITECTURES) == set(NORM_ARCHITECTURES) | set(LEARNED_SHARING)
+    assert set(ARCHITECTURES) == {*NORM_ARCHITECTURES, *LEARNED_SHARING, TREE}
 
 
 @pytest.mark.parametrize("architecture", list(LEARNED_SHARING))

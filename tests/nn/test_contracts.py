@@ -379,6 +379,67 @@ def test_extract_task_equals_the_tasks_pass(case, precision):
         assert_close(actual, expected, precision.tol)
 
 
+def routed(layer: nn.Module) -> TaskRouted:
+    """The task-specific layer of a case (the norm inside a :class:`NormAct`)."""
+    return layer.norm if isinstance(layer, NormAct) else layer
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", named(TASK_CASES))
+def test_regrouping_to_one_task_each_computes_that_tasks_pass(case, precision, training):
+    """A group made from one task (a one-hot row) computes what that task computed, in
+    training (batch statistics) and in eval (its running statistics)."""
+    layer = case.build(TASKS, precision).train(training)
+    grouped = copy.deepcopy(layer)
+    routed(grouped).regroup_(["last", "first"], torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))
+    assert routed(grouped).tasks == ("last", "first")
+    x = case.input(precision)
+    for group, task in (("last", TASKS[2]), ("first", TASKS[0])):
+        with use_task(task):
+            expected = layer(x)
+        with use_task(group):
+            assert_close(grouped(x), expected, precision.tol)
+
+
+@pytest.mark.parametrize("case", named(TASK_CASES))
+def test_regrouping_averages_the_members_state(case, precision):
+    """Every per-task tensor becomes the weighted sum of its rows, batch counters the largest
+    count of the members; parameters stay trainable parameters."""
+    layer = routed(case.build(TASKS, precision))
+    if layer.state_dict().get("num_batches_tracked") is not None:
+        layer.num_batches_tracked.copy_(torch.tensor([3, 5, 1]))
+    before = {name: t.clone() for name, t in layer.state_dict().items() if isinstance(t, Tensor)}
+    weights = torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.0, 1.0]])
+    layer.regroup_(["ab", "c"], weights)
+    after = layer.state_dict()
+    assert list(after) == [*before, "_extra_state"]
+    assert after["_extra_state"] == {"tasks": ["ab", "c"]}
+    for name, old in before.items():
+        if old.is_floating_point():
+            expected = torch.stack([sum(w * row.double() for w, row in zip(ws, old, strict=True))
+                                    for ws in weights.double()])
+            assert_close(after[name], expected, precision.tol)
+        else:
+            assert after[name].tolist() == [max(old[0], old[1]).item(), old[2].item()]
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in layer.parameters())
+
+
+@pytest.mark.parametrize(("groups", "weights"), [
+    (["g", "h"], torch.ones(2, 2) / 2),
+    (["g"], torch.tensor([[1.0, 0.5, -0.5]])),
+    (["g"], torch.tensor([[0.5, 0.2, 0.2]])),
+])
+def test_bad_regrouping_weights_change_nothing(groups, weights):
+    layer = TaskSigmaBatchNorm2d(C, TASKS)
+    state = copy.deepcopy(layer.state_dict())
+    with pytest.raises(ValueError, match="regrouping"):
+        layer.regroup_(groups, weights)
+    assert layer.tasks == TASKS
+    saved = TaskSigmaBatchNorm2d(C, TASKS)
+    saved.load_state_dict(state)
+    assert_same_state(layer, saved, 0)
+
+
 @pytest.mark.parametrize("case", named(SHARED_CASES))
 def test_shared_sigma_folds_to_plain(case, precision):
     """A shared σ layer has no task to extract; ``to_plain`` folds it into ordinary modules

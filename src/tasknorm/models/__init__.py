@@ -27,6 +27,7 @@ from tasknorm.models.multitask import (
     ARCHITECTURES,
     LEARNED_SHARING,
     NORM_ARCHITECTURES,
+    TREE,
     MultiTaskModel,
 )
 from tasknorm.models.stages import StagedBackbone, split_stages
@@ -38,6 +39,7 @@ __all__ = [
     "HEADS",
     "LEARNED_SHARING",
     "NORM_ARCHITECTURES",
+    "TREE",
     "CelebaCNN",
     "DigitsCNN",
     "DigitsEncoder",

@@ -13,13 +13,14 @@ from tasknorm.models.branching import LearningToBranch
 from tasknorm.models.experts import cgc, dselect_k, mmoe, ple
 from tasknorm.models.heads import build_head
 from tasknorm.models.soft_sharing import MTAN, CrossStitchNetwork
+from tasknorm.models.task_tree import task_tree
 from tasknorm.nn import convert, stack_tasks, unstack_tasks, use_all_tasks, use_task
 from tasknorm.nn.convert import GATE_INIT_MEAN, GATE_INIT_STD, GateInit
 from tasknorm.nn.routing import Layout
 from tasknorm.tasks import Task
 
 Architecture = Literal["single_task", "hard", "sigma", "task", "task_sigma", "cross_stitch",
-                       "mtan", "mmoe", "cgc", "ple", "dselect_k", "ltb"]
+                       "mtan", "mmoe", "cgc", "ple", "dselect_k", "ltb", "tree"]
 NORM_ARCHITECTURES: tuple[Architecture, ...] = ("single_task", "hard", "sigma", "task",
                                                 "task_sigma")
 """One backbone per task (``single_task``) or one shared backbone whose norms differ: ``hard``
@@ -37,7 +38,10 @@ LEARNED_SHARING: dict[str, Callable[..., nn.Module]] = {
 ``{task: features}``, built as ``builder(backbone, task_names, **architecture_args)``: cross-stitch
 networks and MTAN (:mod:`~tasknorm.models.soft_sharing`), MMoE, CGC, PLE and DSelect-k
 (:mod:`~tasknorm.models.experts`), Learning to Branch (:mod:`~tasknorm.models.branching`)."""
-ARCHITECTURES: tuple[Architecture, ...] = (*NORM_ARCHITECTURES, *LEARNED_SHARING)
+TREE: Architecture = "tree"
+"""A TSσBN backbone run as a task tree (:func:`~tasknorm.models.task_tree.task_tree`): per
+level, one set of σ-gated norms and one pass per group of tasks."""
+ARCHITECTURES: tuple[Architecture, ...] = (*NORM_ARCHITECTURES, *LEARNED_SHARING, TREE)
 
 
 class MultiTaskModel(nn.Module):
@@ -48,7 +52,9 @@ class MultiTaskModel(nn.Module):
     Only the backbone is converted; heads are per task and keep ordinary norm layers. With an
     architecture of :data:`LEARNED_SHARING`, ``backbone`` is the module that builds the backbone
     copies and maps the image to each task's features (every parameter but the heads'); the σ-gate
-    options and ``layout`` do not apply to these and are ignored. Dense (4-D) outputs are resized
+    options and ``layout`` do not apply to these and are ignored. The ``tree`` architecture runs
+    a TSσBN backbone as a task tree whose groups ``architecture_args["groups"]`` gives (its
+    all-tasks passes are always task-major). Dense (4-D) outputs are resized
     to the input's height and width (bilinear, ``align_corners=True``, as LibMTL) so that losses
     and metrics see full-resolution predictions.
 
@@ -58,15 +64,17 @@ class MultiTaskModel(nn.Module):
         tasks: the tasks, each with a unique name.
         architecture: one of :data:`ARCHITECTURES`.
         gate_init: σ-gate initialisation when converting (see :func:`tasknorm.nn.convert`), for
-            ``sigma`` and ``task_sigma``.
+            ``sigma``, ``task_sigma`` and ``tree``.
         gate_init_mean: mean of the raw σ gates with ``gate_init="normal"``.
         gate_init_std: their standard deviation.
         layout: batch layout of the all-tasks pass.
         head: name of a head in :data:`tasknorm.models.heads.HEADS`, built for every task as
             ``build_head(head, out_features, task.out_channels)``; ``None`` uses each task's
             own ``task.build_head(out_features)``.
-        architecture_args: options of a :data:`LEARNED_SHARING` architecture (keyword arguments
-            of its builder, e.g. ``{"experts": 8}`` for ``mmoe``); ``None`` for its defaults.
+        architecture_args: options of a :data:`LEARNED_SHARING` architecture or of ``tree``
+            (keyword arguments of its builder, e.g. ``{"experts": 8}`` for ``mmoe``,
+            ``{"groups": [[["left", "right"]], [["left"], ["right"]]]}`` for ``tree``);
+            ``None`` for its defaults.
 
     Example:
         >>> import torch
@@ -101,9 +109,14 @@ class MultiTaskModel(nn.Module):
         self.task_names = tuple(names)
         self.architecture = architecture
         self.layout = layout
+        gates = {"gate_init": gate_init, "init_mean": gate_init_mean, "init_std": gate_init_std}
         if architecture in LEARNED_SHARING:
             self.backbone = LEARNED_SHARING[architecture](backbone, self.task_names,
                                                           **(architecture_args or {}))
+            out_features = self.backbone.out_features
+        elif architecture == TREE:
+            self.backbone = task_tree(backbone, self.task_names, **(architecture_args or {}),
+                                      gates=gates)
             out_features = self.backbone.out_features
         elif architecture == "single_task":
             self.backbones = nn.ModuleDict({name: backbone() for name in names})
@@ -111,8 +124,6 @@ class MultiTaskModel(nn.Module):
         else:
             trunk = backbone()
             out_features = trunk.out_features
-            gates = {"gate_init": gate_init, "init_mean": gate_init_mean,
-                     "init_std": gate_init_std}
             if architecture == "sigma":
                 trunk = convert(trunk, kind="sigma", **gates)
             elif architecture in ("task", "task_sigma"):
@@ -137,7 +148,7 @@ class MultiTaskModel(nn.Module):
         names = self.task_names if task is None else (task,)
         if self.architecture == "single_task":
             return {t: self.heads[t](self.backbones[t](x)) for t in names}
-        if self.architecture in LEARNED_SHARING:
+        if self.architecture in (*LEARNED_SHARING, TREE):
             features = self.backbone(x)
             return {t: self.heads[t](features[t]) for t in names}
         if not self.task_specific:
@@ -158,10 +169,12 @@ def _check_architecture_args(architecture: str, args: dict[str, Any] | None) -> 
         return
     if not isinstance(args, dict):
         raise TypeError(f"architecture_args must be a dict, got {type(args).__name__}")
-    if architecture not in LEARNED_SHARING:
+    builders = {**LEARNED_SHARING, TREE: task_tree}
+    if architecture not in builders:
         raise ValueError(f"architecture {architecture!r} takes no architecture_args, got "
                          f"{sorted(args)}")
-    accepted = list(inspect.signature(LEARNED_SHARING[architecture]).parameters)[2:]
+    parameters = list(inspect.signature(builders[architecture]).parameters.values())[2:]
+    accepted = [p.name for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY]
     unknown = sorted(set(args) - set(accepted))
     if unknown:
         raise ValueError(f"architecture {architecture!r} has no option {', '.join(unknown)}; "

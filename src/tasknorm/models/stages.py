@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torchvision
@@ -43,23 +43,10 @@ from tasknorm.models.dense import (
     max_pool,
     max_unpool,
 )
+from tasknorm.trees.state import StageState
+from tasknorm.trees.state import initial_state as initial_state
 
 Form = Literal["map", "vector", "tokens"]
-Skip = tuple[Tensor, torch.Size]
-
-
-class StageState(NamedTuple):
-    """What passes from one stage to the next: the features, the input image's ``(H, W)`` and
-    the max-pool indices (with pre-pool sizes) that later stages unpool with."""
-
-    features: Tensor
-    size: tuple[int, int]
-    skips: tuple[Skip, ...] = ()
-
-
-def initial_state(x: Tensor) -> StageState:
-    """The state the first stage takes: the image ``x`` itself."""
-    return StageState(x, tuple(x.shape[-2:]))
 
 
 class Stage(nn.Module):

@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 Layout = Literal["task_major", "sample_major"]
@@ -194,6 +195,49 @@ class TaskRouted(nn.Module, ABC):
     def single_task_module(self, task: str) -> nn.Module:
         """An ordinary (non-task) module computing what this layer computes for ``task``."""
 
+    def regroup_(self, groups: Sequence[str], weights: Tensor) -> TaskRouted:
+        """Make this layer serve ``groups`` instead of its tasks, in place: row ``g`` of every
+        per-task tensor (each has the task as first dimension) becomes ``weights[g] @ rows``, a
+        convex combination of the tasks' rows (a one-hot row copies one task, a uniform row
+        averages several); integer batch counts take the largest count of the row's tasks.
+        Parameters stay parameters with their ``requires_grad``; the layer object is kept, so
+        every module holding it sees the change. Task trees build their group norms this way.
+
+        Raises:
+            ValueError: ``weights`` is not a ``(len(groups), num_tasks)`` matrix of
+                non-negative rows summing to 1 (nothing is changed).
+
+        Example:
+            >>> import torch
+            >>> from tasknorm.nn import TaskSigmaBatchNorm2d
+            >>> bn = TaskSigmaBatchNorm2d(4, tasks=["a", "b", "c"])
+            >>> before = bn.gate_logit.detach().clone()
+            >>> _ = bn.regroup_(["a+b", "c"], torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]))
+            >>> bn.tasks, bn.gate_logit.shape
+            (('a+b', 'c'), torch.Size([2, 4]))
+            >>> torch.allclose(bn.gate_logit[0], before[:2].mean(0))
+            True
+        """
+        groups = validate_tasks(groups)
+        shape = (len(groups), self.num_tasks)
+        if tuple(weights.shape) != shape:
+            raise ValueError(f"regrouping {type(self).__name__} with tasks {self.tasks} into "
+                             f"{len(groups)} groups needs a {shape} weight matrix, got "
+                             f"{tuple(weights.shape)}")
+        sums = weights.sum(dim=1)
+        if (weights < 0).any() or not torch.allclose(sums, torch.ones_like(sums)):
+            raise ValueError("regrouping weights must be non-negative with rows summing to 1, "
+                             f"got {weights.tolist()}")
+        for name, param in list(self._parameters.items()):
+            if param is not None:
+                setattr(self, name, nn.Parameter(_combined_rows(param.detach(), weights),
+                                                 requires_grad=param.requires_grad))
+        for name, buffer in list(self._buffers.items()):
+            if buffer is not None:
+                self._buffers[name] = _combined_rows(buffer, weights)
+        self._init_routing(groups)
+        return self
+
     def tasks_per_batch(self, batch_size: int) -> int:
         """Samples per task of an all-tasks batch, checking it splits evenly over the tasks."""
         if batch_size % self.num_tasks:
@@ -226,6 +270,15 @@ class TaskRouted(nn.Module, ABC):
             self._check_saved_tasks(state_dict[key], prefix.rstrip(".") or type(self).__name__)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+
+def _combined_rows(rows: Tensor, weights: Tensor) -> Tensor:
+    """``weights @ rows`` over the first dimension (floats), or per row of ``weights`` the
+    largest of the rows it uses (integers)."""
+    if rows.is_floating_point():
+        return torch.einsum("gt,t...->g...", weights.to(rows), rows).contiguous()
+    used = weights.to(rows.device) > 0
+    return torch.stack([rows[row].amax(dim=0) for row in used])
 
 
 def validate_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
