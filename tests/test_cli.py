@@ -80,6 +80,19 @@ def test_fit_then_test_checkpoint(workdir, capsys):
         main(["test", best])
 
 
+def test_fit_and_test_a_task_tree_given_in_the_command(workdir):
+    groups = '{"groups": [[["left", "right"]], [["left"], ["right"]]]}'
+    main(["fit", *TINY, "--trainer.max_epochs", "1", "--model.architecture", "tree",
+          "--model.architecture_args", groups])
+    run = workdir / "runs" / "multidigits" / "version_0"
+    results = json.loads((run / "results.json").read_text())
+    main(["test", results["checkpoint"]])
+    retested = json.loads((run / f"test-{Path(results['checkpoint']).stem}" /
+                           "results.json").read_text())
+    for task, values in results["test"].items():
+        assert retested["test"][task] == pytest.approx(values)
+
+
 def test_second_run_gets_a_new_folder(workdir):
     main(["fit", *TINY, "--trainer.max_epochs", "1"])
     main(["fit", *TINY, "--trainer.max_epochs", "1"])

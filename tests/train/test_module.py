@@ -325,6 +325,24 @@ def test_learned_sharing_architectures_train(tmp_path, data, architecture):
     assert all(not torch.equal(p, after[name]) for name, p in before.items())
 
 
+def test_task_tree_trains_every_parameter_and_resumes_from_its_checkpoint(tmp_path, data):
+    L.seed_everything(0)
+    args = {"groups": [[["left", "right"]], [["left"], ["right"]]]}
+    model = module(data, architecture="tree", architecture_args=args)
+    before = {name: p.detach().clone() for name, p in model.model.backbone.named_parameters()}
+    fit = trainer(tmp_path, max_steps=2, limit_val_batches=1, enable_checkpointing=False)
+    fit.fit(model, data)
+    after = dict(model.model.backbone.named_parameters())
+    assert all(not torch.equal(p, after[name]) for name, p in before.items())
+    fit.save_checkpoint(tmp_path / "tree.ckpt")
+    loaded = MultiTaskModule.load_from_checkpoint(tmp_path / "tree.ckpt", tasks=data.tasks)
+    assert str(loaded.model.backbone.tree) == "left+right | left, right"
+    x = next(iter(data.val_dataloader()))["image"]
+    expected, outputs = model.eval()(x), loaded.eval()(x)
+    for task in expected:
+        torch.testing.assert_close(outputs[task], expected[task])
+
+
 def test_architecture_args_reach_the_model_and_its_checkpoints(tmp_path, data):
     L.seed_everything(0)
     args = {"nodes": 3, "temperature": 0.5}
