@@ -104,7 +104,7 @@ def test_batched_and_looped_groups_agree(backbone, training):
     x = example(backbone)
     outputs = {name: net(x) for name, net in (("batched", batched), ("looped", looped))}
     assert_same(outputs["looped"], outputs["batched"])
-    for net, out in ((batched, outputs["batched"]), (looped, outputs["looped"])):
+    for out in outputs.values():
         sum(o.square().mean() for o in out.values()).backward()
     for (name, param), other in zip(batched.named_parameters(), looped.parameters(),
                                     strict=True):
