@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tasknorm.cli import main
+from tasknorm.data.multidigits import ATTRIBUTE_TASKS
 from tasknorm.data import (
     write_tiny_celeba,
     write_tiny_cityscapes,
@@ -36,7 +37,8 @@ PROTOCOLS = {
 
 def test_every_packaged_protocol_is_tested():
     assert set(packaged_configs()) == {*PROTOCOLS, "multidigits", "multidigits_contested",
-                                       "multidigits_rni_recipe", "scenes", "cosreg_multidigits"}
+                                       "multidigits_rni_recipe", "scenes", "cosreg_multidigits",
+                                       "multidigits_attributes"}
 
 
 @pytest.mark.parametrize("config", sorted(PROTOCOLS))
@@ -72,6 +74,14 @@ def test_contested_multidigits_trains_a_few_steps(workdir):
     (run,) = (workdir / "runs" / "multidigits_contested").glob("version_*")
     results = json.loads((run / "results.json").read_text())["test"]
     assert list(results) == ["left", "right", "sum_parity", "larger"]
+
+
+def test_attribute_multidigits_trains_a_few_steps(workdir):
+    main(["fit", "--config", "multidigits_attributes", "--data.init_args.sizes", "[64, 16, 16]",
+          "--data.init_args.batch_size", "16", *FEW_STEPS])
+    (run,) = (workdir / "runs" / "multidigits_attributes").glob("version_*")
+    results = json.loads((run / "results.json").read_text())["test"]
+    assert tuple(results) == ATTRIBUTE_TASKS
 
 
 @pytest.mark.parametrize(("config", "gate_mean", "heads_lr_mult"), [

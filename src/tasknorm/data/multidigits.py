@@ -13,7 +13,8 @@ Variants:
 
 Tasks are computed from the two digits' values (:data:`PAIR_TASKS`): ``left`` and ``right``
 (the digits themselves), ``sum``, ``difference``, ``larger``, ``sum_parity`` and
-``product_parity``. A task's classes are the values its label takes over the digit pairs of the
+``product_parity``, and the binary or three-class attributes of :data:`ATTRIBUTE_TASKS` (of one
+digit, e.g. ``left_even``, ``right_prime``, or of both, e.g. ``equal``, ``sum_large``). A task's classes are the values its label takes over the digit pairs of the
 variant, in increasing order, so ``left`` has labels 0-4 for {0, 2, 4, 6, 8} in ``even_odd``;
 a task with a single value there (``sum_parity`` of an even and an odd digit) is refused.
 
@@ -81,6 +82,26 @@ class PairTask:
         return np.searchsorted(self.classes(variant), self.label(left, right)).astype(np.int64)
 
 
+LOOPED_DIGITS = (0, 6, 8, 9)
+"""Digits written with a closed loop (4 is often written open)."""
+
+
+def _digit_attributes(side: str) -> tuple[PairTask, ...]:
+    """Attributes of one digit (``side`` ``"left"`` or ``"right"``): ``even``, ``large``
+    (above 4), ``prime`` (2, 3, 5, 7), ``loop`` (:data:`LOOPED_DIGITS`) and ``mod3``."""
+    attributes = {
+        "even": lambda d: 1 - d % 2,
+        "large": lambda d: (d > 4).astype(int),
+        "prime": lambda d: np.isin(d, (2, 3, 5, 7)).astype(int),
+        "loop": lambda d: np.isin(d, LOOPED_DIGITS).astype(int),
+        "mod3": lambda d: d % 3,
+    }
+    index = 0 if side == "left" else 1
+    return tuple(PairTask(f"{side}_{name}",
+                          lambda left, right, f=f: f((left, right)[index]))
+                 for name, f in attributes.items())
+
+
 PAIR_TASKS: dict[str, PairTask] = {task.name: task for task in (
     PairTask("left", lambda left, right: left),
     PairTask("right", lambda left, right: right),
@@ -90,7 +111,19 @@ PAIR_TASKS: dict[str, PairTask] = {task.name: task for task in (
     PairTask("larger", lambda left, right: np.where(left == right, 2, (right > left).astype(int))),
     PairTask("sum_parity", lambda left, right: (left + right) % 2),
     PairTask("product_parity", lambda left, right: left * right % 2),
+    *(task for side in ("left", "right") for task in _digit_attributes(side)),
+    PairTask("equal", lambda left, right: (left == right).astype(int)),
+    PairTask("sum_large", lambda left, right: (left + right > 9).astype(int)),
+    PairTask("both_large", lambda left, right: ((left > 4) & (right > 4)).astype(int)),
+    PairTask("close", lambda left, right: (np.abs(left - right) <= 2).astype(int)),
+    PairTask("sum_mod3", lambda left, right: (left + right) % 3),
 )}
+ATTRIBUTE_TASKS = ("left_even", "left_large", "left_prime", "left_loop", "left_mod3",
+                   "right_even", "right_large", "right_prime", "right_loop", "right_mod3",
+                   "sum_parity", "product_parity", "larger", "equal", "sum_large", "both_large",
+                   "close", "sum_mod3")
+"""The 18 tasks of the ``multidigits_attributes`` config: five attributes of each digit and
+eight of the pair, all binary or with three classes."""
 
 
 def check_tasks(tasks: Sequence[str], variant: Variant) -> tuple[str, ...]:
