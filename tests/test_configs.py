@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from tasknorm.cli import main
-from tasknorm.data.multidigits import ATTRIBUTE_TASKS
 from tasknorm.data import (
     write_tiny_celeba,
     write_tiny_cityscapes,
     write_tiny_nyuv2,
     write_tiny_pascal_context,
 )
+from tasknorm.data.multidigits import ATTRIBUTE_TASKS
 from tasknorm.fit import TasknormCLI, packaged_configs, resolve_config
 
 FEW_STEPS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",

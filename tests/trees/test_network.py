@@ -113,6 +113,13 @@ def test_batched_and_looped_groups_agree(backbone, training):
         torch.testing.assert_close(buffer, other, msg=name)
 
 
+def test_auto_execution_picks_the_faster_per_device():
+    net = network(execution="auto")
+    assert net.execution_for(torch.device("cpu")) == "looped"
+    assert net.execution_for(torch.device("cuda")) == "batched"
+    assert network(execution="batched").execution_for(torch.device("cpu")) == "batched"
+
+
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_extracted_task_computes_its_features(backbone):
     net = randomise(network(backbone)).eval()

@@ -14,9 +14,10 @@ Variants:
 Tasks are computed from the two digits' values (:data:`PAIR_TASKS`): ``left`` and ``right``
 (the digits themselves), ``sum``, ``difference``, ``larger``, ``sum_parity`` and
 ``product_parity``, and the binary or three-class attributes of :data:`ATTRIBUTE_TASKS` (of one
-digit, e.g. ``left_even``, ``right_prime``, or of both, e.g. ``equal``, ``sum_large``). A task's classes are the values its label takes over the digit pairs of the
-variant, in increasing order, so ``left`` has labels 0-4 for {0, 2, 4, 6, 8} in ``even_odd``;
-a task with a single value there (``sum_parity`` of an even and an odd digit) is refused.
+digit, e.g. ``left_even``, ``right_prime``, or of both, e.g. ``equal``, ``sum_large``). A
+task's classes are the values its label takes over the digit pairs of the variant, in
+increasing order, so ``left`` has labels 0-4 for {0, 2, 4, 6, 8} in ``even_odd``; a task with a
+single value there (``sum_parity`` of an even and an odd digit) is refused.
 
 Train / validation / test composites draw their source digits from disjoint, class-stratified
 parts of the 1,797 images, so no handwritten digit is seen in two splits. Everything is

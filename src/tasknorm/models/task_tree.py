@@ -15,7 +15,7 @@ from tasknorm.trees import Execution, TaskTree, TaskTreeNetwork
 
 def task_tree(backbone: Callable[[], nn.Module], tasks: Sequence[str],
               groups: Sequence[Sequence[Sequence[str]]] | None = None,
-              execution: Execution = "batched", *, gates: dict[str, Any] | None = None,
+              execution: Execution = "auto", *, gates: dict[str, Any] | None = None,
               ) -> TaskTreeNetwork:
     """A TSσBN backbone whose levels hold the task groups ``groups``.
 

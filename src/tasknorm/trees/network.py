@@ -27,8 +27,12 @@ from tasknorm.nn import (
 from tasknorm.trees.state import StageState, initial_state, select_groups
 from tasknorm.trees.tree import TaskTree
 
-Execution = Literal["batched", "looped"]
-EXECUTIONS: tuple[Execution, ...] = ("batched", "looped")
+Execution = Literal["auto", "batched", "looped"]
+EXECUTIONS: tuple[Execution, ...] = ("auto", "batched", "looped")
+"""How the groups of a level run: ``"batched"`` in one call on a task-major stacked batch (the
+all-tasks pass), ``"looped"`` one after the other, ``"auto"`` the faster of the two for the
+input's device as measured in ``docs/benchmarks.md`` ("Task trees"): looped on CPU, batched on
+accelerators."""
 Merge = Literal["first", "mean", "central"]
 MERGES: tuple[Merge, ...] = ("first", "mean", "central")
 """How a group's gates and statistics start from its member tasks': those of its ``first``
@@ -50,9 +54,8 @@ class TaskTreeNetwork(nn.Module):
             backbone's own layers (:class:`tasknorm.models.StagedBackbone` gives them).
         tree: the task groups of every level.
         merge: how each group's norms start from its members' (see :data:`MERGES`).
-        execution: ``"batched"`` runs all groups of a level in one call on a task-major stacked
-            batch (the all-tasks pass); ``"looped"`` runs them one after the other. Both compute
-            the same.
+        execution: how the groups of a level run (see :data:`EXECUTIONS`); all compute the
+            same.
 
     Raises:
         ValueError: the stages and the tree's levels differ in number, a norm of the backbone
@@ -61,7 +64,7 @@ class TaskTreeNetwork(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, stages: Sequence[nn.Module], tree: TaskTree,
-                 merge: Merge = "first", execution: Execution = "batched") -> None:
+                 merge: Merge = "first", execution: Execution = "auto") -> None:
         super().__init__()
         if merge not in MERGES:
             raise ValueError(f"unknown merge rule {merge!r}; expected one of {MERGES}")
@@ -89,9 +92,15 @@ class TaskTreeNetwork(nn.Module):
         self.execution: Execution = execution
         self.out_features: int = backbone.out_features
 
+    def execution_for(self, device: torch.device) -> Execution:
+        """``"batched"`` or ``"looped"``: how a forward pass on ``device`` runs the groups."""
+        if self.execution != "auto":
+            return self.execution
+        return "looped" if device.type == "cpu" else "batched"
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        run = self._batched if self.execution == "batched" else self._looped
-        groups = run(x)
+        batched = self.execution_for(x.device) == "batched"
+        groups = self._batched(x) if batched else self._looped(x)
         last = self.tree.depth - 1
         return {task: groups[self.tree.group_of(last, task)] for task in self.task_names}
 
