@@ -12,7 +12,7 @@ import tasknorm
 SOURCE = Path(tasknorm.__file__).parent
 LAYERS = {"errors": 0, "io": 0, "nn": 0, "tasks": 1, "trees": 1, "models": 2, "data": 2, "train": 3,
           "curves": 3,
-          "analysis": 4, "prune": 4, "fit": 5, "compare": 6, "cli": 7}
+          "analysis": 4, "prune": 4, "fit": 5, "compare": 6, "simplify": 6, "cli": 7}
 """Each subpackage or top-level module may import only from lower layers (and itself)."""
 
 

@@ -73,7 +73,7 @@ class TaskTreeNetwork(nn.Module):
         if len(stages) != tree.depth:
             raise ValueError(f"the task tree has {tree.depth} levels but the backbone "
                              f"{type(backbone).__name__} was cut into {len(stages)} stages")
-        named = _layers_by_level(backbone, stages)
+        named = layers_by_level(backbone, stages)
         for name, layer in (pair for level in named for pair in level):
             if layer.tasks != tree.tasks:
                 raise ValueError(f"the task-specific norm {name!r} serves {layer.tasks}; the "
@@ -133,7 +133,7 @@ class TaskTreeNetwork(nn.Module):
         self.tree.group_of(0, task)  # checks the name
         memo: dict[int, object] = {}
         backbone = copy.deepcopy(self.backbone, memo)
-        for level, layers in enumerate(_layers_by_level(self.backbone, self.stages)):
+        for level, layers in enumerate(layers_by_level(self.backbone, self.stages)):
             one_hot = torch.zeros(1, len(self.tree.levels[level]))
             one_hot[0, self.tree.group_of(level, task)] = 1
             for _, layer in layers:
@@ -144,7 +144,7 @@ class TaskTreeNetwork(nn.Module):
         return f"tree={self.tree}, execution={self.execution!r}"
 
 
-def _layers_by_level(backbone: nn.Module,
+def layers_by_level(backbone: nn.Module,
                      stages: Sequence[nn.Module]) -> list[list[tuple[str, TaskRouted]]]:
     """``(name, layer)`` of the task-specific norms of each stage (a layer reached from several
     stages, as the ViT embedding reaches the whole ViT, belongs to the last).

@@ -1,0 +1,12 @@
+"""Simplifying a trained TSσBN model into a cheaper task tree (``tasknorm simplify``, in
+progress): candidate trees from the gates under a FLOPs budget."""
+
+from tasknorm.simplify.candidates import (
+    Candidate,
+    candidate_trees,
+    flops_ratio,
+    level_flops,
+    level_gates,
+)
+
+__all__ = ["Candidate", "candidate_trees", "flops_ratio", "level_flops", "level_gates"]
