@@ -67,8 +67,9 @@ class MultiTaskModule(L.LightningModule):
             ``None`` for each task's own default head.
         architecture: ``single_task``, ``hard``, ``sigma``, ``task`` (TSBN), ``task_sigma``, or
             one of :data:`tasknorm.models.LEARNED_SHARING` (``cross_stitch``, ``mtan``, ``mmoe``,
-            ``cgc``, ``ple``, ``dselect_k``, ``ltb``).
-        architecture_args: options of a learned-sharing architecture (see
+            ``cgc``, ``ple``, ``dselect_k``, ``ltb``), or ``tree`` (a task tree, see
+            :mod:`tasknorm.trees`).
+        architecture_args: options of a learned-sharing architecture or a tree (see
             :class:`~tasknorm.models.MultiTaskModel`).
         layout: batch layout of the all-tasks pass.
         sync_stats: synchronise the batch statistics of σBN / TSBN / TSσBN layers across
