@@ -10,6 +10,8 @@
   :mod:`tasknorm.prune.command`.
 * ``tasknorm analyze CKPT``: gate and gradient analysis report, see
   :mod:`tasknorm.analysis.command`.
+* ``tasknorm simplify CKPT --out DIR``: a trained TSσBN model turned into a cheaper task tree,
+  see :mod:`tasknorm.simplify.command`.
 
 Every subcommand reports an error in one line with exit status 2 (usage error) or 1 (failed
 run), see :mod:`tasknorm.errors`.
@@ -23,21 +25,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tasknorm.errors import DEBUG_FLAG, run_command
-from tasknorm.fit import TasknormCLI, resolve_configs, run_cli
+from tasknorm.fit import TasknormCLI, resolve_configs, run_cli, run_config
 
 
 def _test_args(argv: list[str]) -> list[str]:
-    """``test CKPT [...]`` → ``test --config <run>/config.yaml --ckpt_path CKPT [...]``, with
-    its configuration and results in ``<run>/test-<checkpoint name>/`` and no logger, so that
-    nothing the run wrote is touched."""
+    """``test CKPT [...]`` → ``test --config <run>/config.yaml --ckpt_path CKPT [...]`` (the
+    config of :func:`~tasknorm.fit.run_config`), with its configuration and results in
+    ``<run>/test-<checkpoint name>/`` and no logger, so that nothing the run wrote is touched."""
     checkpoint = Path(argv[1])
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    config = checkpoint.parent.parent / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"no config.yaml of the run beside {checkpoint} (looked for "
-                                f"{config}); pass --config explicitly")
-    folder = checkpoint.parent.parent / f"test-{checkpoint.stem}"
+    config = run_config(checkpoint)
+    folder = config.parent / f"test-{checkpoint.stem}"
     if folder.exists():
         raise FileExistsError(f"{folder} exists already; move it away to test again")
     return ["test", "--config", str(config), "--ckpt_path", str(checkpoint),
@@ -57,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from tasknorm.prune.command import main as subcommand
     elif name == "analyze":
         from tasknorm.analysis.command import main as subcommand
+    elif name == "simplify":
+        from tasknorm.simplify.command import main as subcommand
     else:
         prog = f"tasknorm {name}" if name in TasknormCLI.subcommands() else "tasknorm"
         run_command(prog, _run_lightning, args)

@@ -320,6 +320,21 @@ def _grouped_config(value: str) -> str:
     return yaml.safe_dump({**config, "model": group_options(model)}, sort_keys=False)
 
 
+def run_config(checkpoint: Path) -> Path:
+    """The ``config.yaml`` of the run that wrote ``checkpoint``: beside it (``tasknorm
+    simplify``'s layout) or one folder up (``<run>/checkpoints/<name>.ckpt``, ``tasknorm fit``'s).
+
+    Raises:
+        FileNotFoundError: neither exists.
+    """
+    configs = [folder / "config.yaml" for folder in (checkpoint.parent, checkpoint.parent.parent)]
+    config = next((path for path in configs if path.is_file()), None)
+    if config is None:
+        raise FileNotFoundError(f"no config.yaml of the run beside {checkpoint} (looked for "
+                                f"{' and '.join(map(str, configs))}); pass --config explicitly")
+    return config
+
+
 def run_cli(args: list[str], quiet: bool = False) -> TasknormCLI:
     """Run :class:`TasknormCLI` on ``args`` (a subcommand and its options); without a
     ``--config`` the MultiDigits default config is used. (It is not a default config file of

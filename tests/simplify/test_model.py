@@ -6,7 +6,7 @@ import torch
 
 from tasknorm.data import MultiDigitsDataModule
 from tasknorm.nn import TaskSigmaBatchNorm2d
-from tasknorm.simplify.model import simplified_module
+from tasknorm.simplify.model import recalibrate, simplified_module
 from tasknorm.train import MultiTaskModule
 from tasknorm.trees import TaskTree
 
@@ -81,3 +81,16 @@ def test_errors(trained):
                            backbone_args={"width": 8})
     with pytest.raises(ValueError, match="needs a TSσBN model"):
         simplified_module(hard, TaskTree.separate(TASKS, 2))
+
+
+def test_recalibration_gives_the_statistics_of_the_new_inputs(trained):
+    tree = TaskTree.from_groups(TASKS, [[list(TASKS)], [["left", "sum_parity"], ["right"]]])
+    simplified = simplified_module(trained, tree)
+    batches = [torch.randn(8, 1, 23, 23) for _ in range(3)]
+    recalibrate(simplified, batches)
+    assert not simplified.training
+    first = simplified.model.backbone.backbone.features[1]
+    conv = simplified.model.backbone.backbone.features[0]
+    means = torch.stack([conv(b).mean((0, 2, 3)) for b in batches]).mean(0).detach()
+    torch.testing.assert_close(first.running_mean[0], means)
+    assert first.momentum == 0.1 and first.num_batches_tracked.tolist() == [3]
