@@ -140,6 +140,21 @@ EXPECTED = {
         "larger": (3, [1, 0, 2, 1, 2, 0]),
         "sum_parity": (2, [0, 0, 0, 1, 0, 1]),
         "product_parity": (2, [1, 1, 0, 0, 1, 0]),
+        "left_even": (2, [0, 0, 1, 1, 0, 0]),
+        "left_large": (2, [0, 1, 0, 0, 1, 1]),
+        "left_prime": (2, [1, 1, 0, 0, 0, 1]),
+        "left_loop": (2, [0, 0, 0, 1, 1, 0]),
+        "left_mod3": (3, [0, 1, 1, 0, 0, 2]),
+        "right_even": (2, [0, 0, 1, 0, 0, 1]),
+        "right_large": (2, [1, 0, 0, 1, 1, 0]),
+        "right_prime": (2, [1, 1, 0, 0, 0, 0]),
+        "right_loop": (2, [0, 0, 0, 1, 1, 1]),
+        "right_mod3": (3, [1, 0, 1, 0, 0, 0]),
+        "equal": (2, [0, 0, 1, 0, 1, 0]),
+        "sum_large": (2, [1, 1, 0, 0, 1, 0]),
+        "both_large": (2, [0, 0, 0, 0, 1, 0]),
+        "close": (2, [0, 0, 1, 0, 1, 0]),
+        "sum_mod3": (3, [1, 1, 2, 0, 0, 2]),
     },
     "even_odd": {  # classes: the values a task takes on (even, odd) pairs, in increasing order
         "left": (5, [0, 4, 2, 1, 3]),
@@ -147,6 +162,18 @@ EXPECTED = {
         "sum": (9, [0, 5, 4, 5, 6]),  # odd sums 1, 3, ..., 17
         "difference": (5, [0, 2, 0, 3, 0]),  # odd differences 1, 3, ..., 9
         "larger": (2, [1, 0, 1, 1, 1]),  # never equal
+        "left_large": (2, [0, 1, 0, 0, 1]),
+        "left_prime": (2, [0, 0, 0, 1, 0]),
+        "left_loop": (2, [1, 1, 0, 0, 1]),
+        "left_mod3": (3, [0, 2, 1, 2, 0]),
+        "right_large": (2, [0, 0, 1, 1, 1]),
+        "right_prime": (2, [0, 1, 1, 0, 1]),
+        "right_loop": (2, [0, 0, 0, 1, 0]),
+        "right_mod3": (3, [1, 0, 2, 0, 1]),
+        "sum_large": (2, [0, 1, 0, 1, 1]),
+        "both_large": (2, [0, 0, 0, 0, 1]),
+        "close": (2, [1, 0, 1, 0, 1]),
+        "sum_mod3": (3, [1, 2, 0, 2, 1]),
     },
 }
 
@@ -154,7 +181,8 @@ EXPECTED = {
 @pytest.mark.parametrize("variant", ["left_right", "even_odd"])
 def test_every_task_labels_hand_made_pairs(variant):
     left, right = (np.array(digits) for digits in PAIRS[variant])
-    constant = {"sum_parity", "product_parity"} if variant == "even_odd" else set()
+    constant = ({"sum_parity", "product_parity", "left_even", "right_even", "equal"}
+                if variant == "even_odd" else set())
     assert set(EXPECTED[variant]) | constant == set(PAIR_TASKS)
     for name, (num_classes, labels) in EXPECTED[variant].items():
         task = PAIR_TASKS[name]
