@@ -1,5 +1,6 @@
-"""Simplifying a trained TSσBN model into a cheaper task tree (``tasknorm simplify``, in
-progress): candidate trees from the gates under a FLOPs budget."""
+"""Simplifying a trained TSσBN model into a cheaper task tree (``tasknorm simplify``, see
+:mod:`tasknorm.simplify.command`): candidate trees from the gates under a FLOPs budget, merged
+group norms, the search and its report."""
 
 from tasknorm.simplify.candidates import (
     Candidate,

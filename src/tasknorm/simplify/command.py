@@ -140,9 +140,9 @@ def simplify(checkpoint_path: Path, config_path: Path, out: Path, *, budget: flo
         merge = max(scores, key=scores.__getitem__)
         scored.append({"tree": candidate.tree, "flops_vs_hard": candidate.flops_ratio,
                        "scores": scores, "merge": merge})
-        print(f"[{index}/{len(candidates)}] {candidate.tree}  ({candidate.flops_ratio:.2f}× "
-              f"hard)  val before fine-tuning: mean {scores['mean']:.4f}, central "
-              f"{scores['central']:.4f}")
+        print(f"[{index}/{len(candidates)}] {_short(candidate.tree)}  "
+              f"({candidate.flops_ratio:.2f}× hard)  val before fine-tuning: mean "
+              f"{scores['mean']:.4f}, central {scores['central']:.4f}")
     finalists = sorted(scored, key=lambda s: -s["scores"][s["merge"]])[:top]
     finetuned = []
     lr = trained.optimization.lr * lr_mult
@@ -154,7 +154,7 @@ def simplify(checkpoint_path: Path, config_path: Path, out: Path, *, budget: flo
         finetuned.append({**finalist, "val_selection": score, "checkpoint": best,
                           "best_epoch": epoch})
         print(f"[finalist {index + 1}/{len(finalists)}] val {score:.4f} after "
-              f"{epoch} fine-tuning epochs: {finalist['tree']}")
+              f"{epoch} fine-tuning epochs: {_short(finalist['tree'])}")
     chosen = max(finetuned, key=lambda f: f["val_selection"])
     simplified = MultiTaskModule.load_from_checkpoint(chosen["checkpoint"], tasks=data.tasks,
                                                       map_location="cpu").eval()
@@ -184,7 +184,7 @@ def simplify(checkpoint_path: Path, config_path: Path, out: Path, *, budget: flo
         "tasks": list(tasks), "seconds": time.perf_counter() - start,
     }
     _write_outputs(out, config, report, chosen["checkpoint"], epochs)
-    print(f"\nchosen: {tree}  ({report['flops_ratio']:.2f}× the original's FLOPs, "
+    print(f"\nchosen: {_short(tree)}  ({report['flops_ratio']:.2f}× the original's FLOPs, "
           f"{report['flops_vs_hard']['simplified']:.2f}× hard sharing's)")
     print(f"mean test accuracy or primary metric: original "
           f"{_mean_primary(original_test):.4f}, simplified {_mean_primary(simplified_test):.4f}")
@@ -257,6 +257,16 @@ def _candidate_record(entry: dict[str, Any]) -> dict[str, Any]:
     return {"tree": entry["tree"].to_lists(), "text": str(entry["tree"]),
             "flops_vs_hard": entry["flops_vs_hard"], "val_before_finetuning": entry["scores"],
             "merge": entry["merge"]}
+
+
+def _short(tree: TaskTree, width: int = 100) -> str:
+    """The tree as text, or its group sizes per level when the text is longer than ``width``
+    (the report has every name)."""
+    text = str(tree)
+    if len(text) <= width:
+        return text
+    return " | ".join(str([len(group) for group in level]) for level in tree.levels) + \
+        " tasks per group"
 
 
 def _mean_primary(results: dict[str, dict[str, float]]) -> float:
