@@ -130,12 +130,13 @@ def simplify(checkpoint_path: Path, config_path: Path, out: Path, *, budget: flo
     print(f"{len(candidates)} candidate trees within {budget:g}× hard sharing's FLOPs "
           f"(TSσBN: {original_flops / hard_flops:.2f}×)")
     validator = _trainer(logger=False)
+    images = _images(data, recalibration_batches)  # the same batches recalibrate every tree
     scored = []
     for index, candidate in enumerate(candidates, 1):
         scores = {}
         for merge in ("mean", "central"):
             module = simplified_module(trained, candidate.tree, merge)
-            recalibrate(module, _images(data, recalibration_batches))
+            recalibrate(module, images)
             scores[merge] = _validation_score(validator, module, data)
         merge = max(scores, key=scores.__getitem__)
         scored.append({"tree": candidate.tree, "flops_vs_hard": candidate.flops_ratio,
@@ -149,7 +150,7 @@ def simplify(checkpoint_path: Path, config_path: Path, out: Path, *, budget: flo
     for index, finalist in enumerate(finalists):
         L.seed_everything(seed, verbose=False)
         module = simplified_module(trained, finalist["tree"], finalist["merge"], lr)
-        recalibrate(module, _images(data, recalibration_batches))
+        recalibrate(module, images)
         best, score, epoch = _finetune(module, data, out / "finetune" / f"tree_{index}", epochs)
         finetuned.append({**finalist, "val_selection": score, "checkpoint": best,
                           "best_epoch": epoch})
@@ -199,8 +200,8 @@ def _trainer(**kwargs: Any) -> L.Trainer:
 
 
 def _images(data: L.LightningDataModule, batches: int) -> list[torch.Tensor]:
-    loader = iter(data.train_dataloader())
-    return [next(loader)["image"] for _ in range(min(batches, len(data.train_dataloader())))]
+    loader = data.train_dataloader()
+    return [batch["image"] for batch, _ in zip(loader, range(batches), strict=False)]
 
 
 def _validation_score(trainer: L.Trainer, module: MultiTaskModule,
