@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from tasknorm.cli import main
 
@@ -47,6 +48,19 @@ def test_simplify_writes_a_tree_that_tasknorm_test_accepts(workdir, checkpoint, 
     retested = json.loads((workdir / "simple" / "test-simplified" / "results.json").read_text())
     for task, values in report["simplified"]["test"].items():
         assert retested["test"][task] == pytest.approx(values)
+
+
+def test_finetuning_trains_in_training_mode(workdir, checkpoint):
+    """Running statistics move only in training mode; the candidates are scored in eval mode,
+    which Lightning would otherwise keep through fine-tuning (normalising with frozen
+    statistics while the weights change)."""
+    main(["simplify", str(checkpoint), "--out", "simple", *SMALL, "--top", "1"])
+    folder = workdir / "simple" / "finetune" / "tree_0"
+    (finetuned,) = (folder / "checkpoints").glob("best-*.ckpt")
+    before, after = (torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+                     for path in (folder / "before-finetuning.ckpt", finetuned))
+    means = [name for name in before if name.endswith("running_mean")]
+    assert means and all(not torch.equal(before[name], after[name]) for name in means)
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -226,7 +226,7 @@ def _finetune(module: MultiTaskModule, data: L.LightningDataModule, folder: Path
     trainer.save_checkpoint(initial)
     best = (str(initial), float(logged["val/selection"]), 0)
     if epochs:
-        trainer.fit(module, datamodule=data)
+        trainer.fit(module.train(), datamodule=data)  # Lightning keeps the mode it is given
         saver = trainer.checkpoint_callback
         score = float(saver.best_model_score)
         if score > best[1]:
