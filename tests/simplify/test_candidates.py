@@ -1,3 +1,5 @@
+import itertools
+import random
 from functools import partial
 
 import pytest
@@ -5,7 +7,14 @@ import torch
 
 from tasknorm.models import MultiTaskModel, StagedBackbone, count_flops, digits_cnn
 from tasknorm.nn import convert
-from tasknorm.simplify import candidate_trees, flops_ratio, level_flops, level_gates
+from tasknorm.simplify import (
+    candidate_trees,
+    flops_ratio,
+    level_flops,
+    level_gates,
+    random_candidates,
+    random_tree,
+)
 from tasknorm.tasks import ClassificationTask
 from tasknorm.trees import TaskTree
 
@@ -67,6 +76,44 @@ def test_level_gates_are_each_stages_gates_side_by_side():
     tsbn = convert(digits_cnn(width=8), TASKS, kind="task")
     with pytest.raises(ValueError, match="stage 0 of DigitsCNN has no σ-gated task norm"):
         level_gates(tsbn, StagedBackbone(tsbn, levels=2).stages)
+
+
+COUNTS = list(itertools.combinations_with_replacement(range(1, 5), 3))  # non-decreasing
+
+
+@pytest.mark.parametrize("counts", COUNTS)
+def test_random_trees_have_the_asked_groups_and_are_seeded(counts):
+    trees = [random_tree(TASKS, counts, random.Random(seed)) for seed in range(20)]
+    for tree in trees:  # from_groups in random_tree checks that each level nests in the last
+        assert tree.groups_per_level == counts and tree.tasks == TASKS
+    assert trees == [random_tree(TASKS, counts, random.Random(seed)) for seed in range(20)]
+
+
+def test_random_trees_reach_every_partition():
+    """All 7 partitions of 4 tasks into 2 groups come up, not a fixed few."""
+    rng = random.Random(0)
+    seen = {random_tree(TASKS, [2], rng).levels[0] for _ in range(300)}
+    assert len(seen) == 7
+
+
+def test_random_candidates_keep_each_candidates_groups_and_flops():
+    gates = [PATTERN] * 3
+    candidates = candidate_trees(TASKS, gates, [10, 10, 10], budget=3.0)
+    randomised = random_candidates(TASKS, candidates, seed=1)
+    assert [c.flops_ratio for c in randomised] == [c.flops_ratio for c in candidates]
+    assert [c.tree.groups_per_level for c in randomised] == [
+        c.tree.groups_per_level for c in candidates]
+    assert randomised != candidates and randomised == random_candidates(TASKS, candidates, 1)
+
+
+@pytest.mark.parametrize(("counts", "message"), [
+    ([0], "level 0 cannot have 0 groups: it needs between 1"),
+    ([5], "level 0 cannot have 5 groups: it needs between 1 .* and 4"),
+    ([3, 2], "level 1 cannot have 2 groups: it needs between 3"),
+])
+def test_random_tree_errors(counts, message):
+    with pytest.raises(ValueError, match=message):
+        random_tree(TASKS, counts, random.Random(0))
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -30,7 +30,7 @@ def checkpoint(tmp_path_factory):
 def test_simplify_writes_a_tree_that_tasknorm_test_accepts(workdir, checkpoint, capsys):
     main(["simplify", str(checkpoint), "--out", "simple", *SMALL])
     out = capsys.readouterr().out
-    assert "candidate trees within 2×" in out and "chosen:" in out
+    assert "gates candidate trees within 2×" in out and "chosen:" in out
     report = json.loads((workdir / "simple" / "report.json").read_text())
     assert 0 < report["flops_ratio"] < 1
     assert report["flops_vs_hard"]["simplified"] <= 2.0
@@ -50,11 +50,17 @@ def test_simplify_writes_a_tree_that_tasknorm_test_accepts(workdir, checkpoint, 
         assert retested["test"][task] == pytest.approx(values)
 
 
-def test_finetuning_trains_in_training_mode(workdir, checkpoint):
+def test_finetuning_trains_in_training_mode_and_random_grouping_runs(workdir, checkpoint,
+                                                                     capsys):
     """Running statistics move only in training mode; the candidates are scored in eval mode,
     which Lightning would otherwise keep through fine-tuning (normalising with frozen
     statistics while the weights change)."""
-    main(["simplify", str(checkpoint), "--out", "simple", *SMALL, "--top", "1"])
+    main(["simplify", str(checkpoint), "--out", "simple", *SMALL, "--top", "1",
+          "--grouping", "random"])
+    assert "random candidate trees within 2×" in capsys.readouterr().out
+    report = json.loads((workdir / "simple" / "report.json").read_text())
+    assert report["grouping"] == "random"
+    assert all(c["flops_vs_hard"] <= 2.0 for c in report["candidates"])
     folder = workdir / "simple" / "finetune" / "tree_0"
     (finetuned,) = (folder / "checkpoints").glob("best-*.ckpt")
     before, after = (torch.load(path, map_location="cpu", weights_only=True)["state_dict"]

@@ -8,6 +8,9 @@ from tasknorm.simplify.candidates import (
     flops_ratio,
     level_flops,
     level_gates,
+    random_candidates,
+    random_tree,
 )
 
-__all__ = ["Candidate", "candidate_trees", "flops_ratio", "level_flops", "level_gates"]
+__all__ = ["Candidate", "candidate_trees", "flops_ratio", "level_flops", "level_gates",
+           "random_candidates", "random_tree"]

@@ -129,6 +129,56 @@ def candidate_trees(tasks: Sequence[str], gates: Sequence[Tensor], flops: Sequen
     return sorted(candidates, key=lambda c: (c.flops_ratio, str(c.tree)))
 
 
+def random_tree(tasks: Sequence[str], groups_per_level: Sequence[int],
+                rng: random.Random) -> TaskTree:
+    """A tree with ``groups_per_level`` groups at each level and members drawn by ``rng``,
+    ignoring the gates: the control that tells what the gates add to a tree of given FLOPs.
+
+    Level 0 deals the shuffled tasks into its groups; each further level splits random groups
+    of the level above in two at a random point until it has its count.
+
+    Example:
+        >>> tree = random_tree("abcd", [1, 2, 4], random.Random(0))
+        >>> tree.groups_per_level
+        (1, 2, 4)
+
+    Raises:
+        ValueError: a count is below 1, above the number of tasks or below the level above's.
+    """
+    bounds = [1, *groups_per_level]
+    for level, count in enumerate(groups_per_level):
+        if not bounds[level] <= count <= len(tasks):
+            raise ValueError(f"level {level} cannot have {count} groups: it needs between "
+                             f"{bounds[level]} (the level above's) and {len(tasks)} (one per "
+                             "task)")
+    order = list(range(len(tasks)))
+    rng.shuffle(order)
+    first = groups_per_level[0]
+    cuts = sorted(rng.sample(range(1, len(tasks)), first - 1))
+    partition = [order[a:b] for a, b in zip([0, *cuts], [*cuts, len(tasks)], strict=True)]
+    levels = []
+    for count in groups_per_level:
+        partition = [list(group) for group in partition]
+        while len(partition) < count:
+            group = rng.choice([g for g in partition if len(g) > 1])
+            partition.remove(group)
+            rng.shuffle(group)
+            cut = rng.randrange(1, len(group))
+            partition += [group[:cut], group[cut:]]
+        labels = {task: index for index, group in enumerate(partition) for task in group}
+        levels.append(_partition([labels[task] for task in range(len(tasks))]))
+    return _tree(tasks, levels)
+
+
+def random_candidates(tasks: Sequence[str], candidates: Sequence[Candidate],
+                      seed: int = 0) -> list[Candidate]:
+    """For each of ``candidates``, a :func:`random_tree` with its groups per level (so its
+    FLOPs), drawn from one generator seeded by ``seed``."""
+    rng = random.Random(seed)
+    return [Candidate(random_tree(tasks, c.tree.groups_per_level, rng), c.flops_ratio)
+            for c in candidates]
+
+
 def _cuts(gates: Tensor) -> list[Partition]:
     """The partitions of the tasks into 1, 2, ..., T clusters of the gates' dendrogram."""
     from scipy.cluster.hierarchy import fcluster

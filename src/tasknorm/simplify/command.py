@@ -3,7 +3,8 @@ into a cheaper task tree.
 
 1. The candidate trees within ``--budget`` (FLOPs per image relative to hard sharing) come from
    the gates of every stage (:func:`~tasknorm.simplify.candidates.candidate_trees`), at most
-   ``--max-trees`` of them.
+   ``--max-trees`` of them; ``--grouping random`` replaces each by a random tree with as many
+   groups per level (:func:`~tasknorm.simplify.candidates.random_candidates`), a control.
 2. Each candidate is built twice from the trained weights, its groups started from the mean of
    their members' gates and statistics and from the most central member's
    (:func:`~tasknorm.simplify.model.simplified_module`); its batch statistics are re-estimated
@@ -46,6 +47,7 @@ from tasknorm.simplify.candidates import (
     flops_ratio,
     level_flops,
     level_gates,
+    random_candidates,
 )
 from tasknorm.simplify.model import recalibrate, simplified_module
 from tasknorm.simplify.report import render_report
@@ -53,6 +55,7 @@ from tasknorm.train import MultiTaskModule
 from tasknorm.trees import TaskTree
 
 DEFAULT_BUDGET = 1.25
+GROUPINGS = ("gates", "random")
 LATENCY_REPEATS = 10
 
 
@@ -81,7 +84,13 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--lr-mult", type=float, default=0.1,
                         help="fine-tuning base learning rate ÷ the run's (default: "
                              "%(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="of the sample and the fine-tuning")
+    parser.add_argument("--grouping", choices=GROUPINGS, default="gates",
+                        help="gates: the trees the gates suggest; random: for each of them a "
+                             "tree with as many groups per level (so the same FLOPs) and random "
+                             "members, the control for what the gates add (default: "
+                             "%(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="of the sample, the random trees and the fine-tuning")
     args = parser.parse_args(argv)
     if not args.budget >= 1:
         parser.error(f"--budget must be at least 1 (hard sharing's FLOPs), got {args.budget}")
@@ -104,12 +113,13 @@ def main(argv: Sequence[str]) -> None:
                          "pass another --out")
     simplify(args.checkpoint, config_path, out, budget=args.budget, epochs=args.epochs,
              max_trees=args.max_trees, top=args.top, lr_mult=args.lr_mult,
-             recalibration_batches=args.recalibration_batches, seed=args.seed)
+             recalibration_batches=args.recalibration_batches, grouping=args.grouping,
+             seed=args.seed)
 
 
 def simplify(checkpoint_path: Path, config_path: Path, out: Path, *, budget: float, epochs: int,
              max_trees: int, top: int, lr_mult: float, recalibration_batches: int,
-             seed: int) -> dict[str, Any]:
+             grouping: str = "gates", seed: int = 0) -> dict[str, Any]:
     """Run the search of the module docstring and write ``out``; return the report."""
     start = time.perf_counter()
     config = yaml.safe_load(config_path.read_text())
@@ -127,7 +137,9 @@ def simplify(checkpoint_path: Path, config_path: Path, out: Path, *, budget: flo
     head_flops = original_flops - len(tasks) * sum(flops)
     hard_flops = sum(flops) + head_flops
     candidates = candidate_trees(tasks, gates, flops, budget, head_flops, max_trees, seed)
-    print(f"{len(candidates)} candidate trees within {budget:g}× hard sharing's FLOPs "
+    if grouping == "random":
+        candidates = random_candidates(tasks, candidates, seed)
+    print(f"{len(candidates)} {grouping} candidate trees within {budget:g}× hard sharing's FLOPs "
           f"(TSσBN: {original_flops / hard_flops:.2f}×)")
     validator = _trainer(logger=False)
     images = _images(data, recalibration_batches)  # the same batches recalibrate every tree
@@ -165,7 +177,8 @@ def simplify(checkpoint_path: Path, config_path: Path, out: Path, *, budget: flo
     tree: TaskTree = chosen["tree"]
     simplified_flops = flops_ratio(tree.groups_per_level, flops, head_flops) * hard_flops
     report = {
-        "checkpoint": str(checkpoint_path), "budget": budget, "epochs": epochs,
+        "checkpoint": str(checkpoint_path), "budget": budget, "grouping": grouping,
+        "epochs": epochs,
         "finetuning_lr": lr, "best_epoch": chosen["best_epoch"],
         "tree": {"levels": tree.to_lists(), "text": str(tree)}, "merge": chosen["merge"],
         "flops_ratio": simplified_flops / original_flops,
