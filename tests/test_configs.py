@@ -12,6 +12,7 @@ from tasknorm.data import (
     write_tiny_nyuv2,
     write_tiny_pascal_context,
 )
+from tasknorm.data.celeba import ATTRIBUTES, attribute_task_name
 from tasknorm.data.multidigits import ATTRIBUTE_TASKS
 from tasknorm.fit import TasknormCLI, packaged_configs, resolve_config
 
@@ -51,6 +52,20 @@ def test_protocol_trains_a_few_steps(workdir, config):
     assert len(runs) == 1
     results = json.loads(runs[0].read_text())["test"]
     assert results and all(values for values in results.values())
+
+
+def test_celeba_trains_a_task_tree(workdir):
+    """The real-data counterpart of multidigits_attributes: 40 attributes shared for four of
+    the CNN's five stages, then in two groups."""
+    root = write_tiny_celeba(workdir / "data")
+    tasks = [attribute_task_name(a) for a in ATTRIBUTES]
+    groups = [[tasks]] * 4 + [[tasks[:20], tasks[20:]]]
+    main(["fit", "--config", "celeba", "--data.init_args.root", str(root),
+          "--data.init_args.batch_size", "2", *FEW_STEPS, *PROTOCOLS["celeba"][1],
+          "--model.architecture", "tree", "--model.architecture_args",
+          json.dumps({"groups": groups})])
+    (run,) = (workdir / "runs" / "celeba").glob("version_*")
+    assert list(json.loads((run / "results.json").read_text())["test"]) == tasks
 
 
 def test_pretrained_weights_asked_for_but_absent(workdir):

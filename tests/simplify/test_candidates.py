@@ -9,6 +9,7 @@ from tasknorm.models import MultiTaskModel, StagedBackbone, count_flops, digits_
 from tasknorm.nn import convert
 from tasknorm.simplify import (
     candidate_trees,
+    candidates,
     flops_ratio,
     level_flops,
     level_gates,
@@ -50,6 +51,20 @@ def test_a_large_budget_allows_every_task_alone_and_the_sample_is_capped_and_see
     assert {str(c.tree) for c in sample} <= {str(c.tree) for c in everything}
     again = candidate_trees(TASKS, gates, [10, 10, 10], budget=4.0, max_trees=5, seed=3)
     assert sample == again
+
+
+def test_many_tasks_and_levels_are_sampled_without_listing_every_tree(monkeypatch):
+    """CelebA's 40 attributes over 5 stages allow far more trees than can be listed: past the
+    enumeration limit they are drawn level by level, distinct, within budget and seeded."""
+    monkeypatch.setattr(candidates, "ENUMERATION_LIMIT", 200)  # the same path, sooner
+    gates = [torch.rand(40, 16, generator=torch.Generator().manual_seed(i)) for i in range(5)]
+    tasks = [f"t{i}" for i in range(40)]
+    flops = [10, 10, 10, 10, 10]
+    drawn = candidate_trees(tasks, gates, flops, budget=6.0, max_trees=30, seed=1)
+    assert len(drawn) == 30 == len({str(c.tree) for c in drawn})
+    assert all(c.flops_ratio <= 6.0 for c in drawn)
+    assert drawn == candidate_trees(tasks, gates, flops, budget=6.0, max_trees=30, seed=1)
+    assert drawn != candidate_trees(tasks, gates, flops, budget=6.0, max_trees=30, seed=2)
 
 
 def test_flops_ratio_is_what_the_flop_counter_measures():

@@ -12,7 +12,7 @@ within the budget.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +24,10 @@ from tasknorm.nn import SigmoidGated
 from tasknorm.trees import TaskTree, initial_state, layers_by_level
 
 Partition = tuple[tuple[int, ...], ...]
+ENUMERATION_LIMIT = 10_000
+"""Above this many candidate trees they are drawn by random descent instead of listed."""
+DESCENT_ATTEMPTS = 20
+"""Draws per wanted tree before random descent gives up finding new ones."""
 
 
 @dataclass(frozen=True)
@@ -109,24 +113,59 @@ def candidate_trees(tasks: Sequence[str], gates: Sequence[Tensor], flops: Sequen
     total = sum(flops) + head_flops
     found: dict[tuple[Partition, ...], float] = {}
 
-    def extend(levels: tuple[Partition, ...], cost: int) -> None:
+    def options(levels: tuple[Partition, ...], cost: int) -> list[tuple[Partition, int]]:
+        """The next level's partitions that keep a tree within the budget, and their cost."""
         depth = len(levels)
-        if depth == len(gates):
-            found[levels] = cost / total
-            return
         parent = levels[-1] if levels else (tuple(range(len(tasks))),)
+        allowed = []
         for partition in sorted({_intersect(parent, cut) for cut in cuts[depth]}):
             spent = cost + len(partition) * flops[depth]
             cheapest = spent + len(partition) * sum(flops[depth + 1:])  # groups never merge
             if cheapest / total <= budget + 1e-12:
-                extend((*levels, partition), spent)
+                allowed.append((partition, spent))
+        return allowed
 
-    extend((), head_flops)
+    def extend(levels: tuple[Partition, ...], cost: int) -> None:
+        if len(levels) == len(gates):
+            found[levels] = cost / total
+            if len(found) > ENUMERATION_LIMIT:
+                raise _TooMany
+            return
+        for partition, spent in options(levels, cost):
+            extend((*levels, partition), spent)
+
+    try:
+        extend((), head_flops)
+    except _TooMany:
+        found = _descents(options, len(gates), head_flops, total, max_trees, seed)
     chosen = sorted(found)
     if len(chosen) > max_trees:
         chosen = sorted(random.Random(seed).sample(chosen, max_trees))
     candidates = [Candidate(_tree(tasks, levels), found[levels]) for levels in chosen]
     return sorted(candidates, key=lambda c: (c.flops_ratio, str(c.tree)))
+
+
+class _TooMany(Exception):
+    """More candidate trees than :data:`ENUMERATION_LIMIT`."""
+
+
+def _descents(options: Callable[[tuple[Partition, ...], int], list[tuple[Partition, int]]],
+              depth: int, head_flops: int, total: int, count: int,
+              seed: int) -> dict[tuple[Partition, ...], float]:
+    """Up to ``count`` distinct trees, each drawn level by level among the partitions that
+    ``options`` allows (not uniform over trees, but never walking all of them)."""
+    rng = random.Random(seed)
+    found: dict[tuple[Partition, ...], float] = {}
+    for _ in range(DESCENT_ATTEMPTS * count):
+        levels: tuple[Partition, ...] = ()
+        cost = head_flops
+        while len(levels) < depth:  # the parent itself is always allowed: never stuck
+            partition, cost = rng.choice(options(levels, cost))
+            levels = (*levels, partition)
+        found[levels] = cost / total
+        if len(found) == count:
+            break
+    return found
 
 
 def random_tree(tasks: Sequence[str], groups_per_level: Sequence[int],
