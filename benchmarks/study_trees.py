@@ -190,7 +190,7 @@ def mean_accuracy(record: dict[str, Any]) -> float:
 def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per architecture (and simplify budget): mean ± std over seeds of the mean test
     accuracy and of the FLOPs per image relative to hard sharing (``ratio``), and the share of
-    TSσBN's gain over hard sharing, per seed then averaged."""
+    TSσBN's gain over hard sharing on the same seeds (``None`` when TSσBN gains nothing)."""
     keys = dict.fromkeys((r["architecture"], r.get("budget")) for r in records)
     by_seed = {(r["architecture"], r["seed"]): mean_accuracy(r) for r in records
                if r["architecture"] in ("hard", "task_sigma")}
@@ -199,16 +199,16 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         runs = [r for r in records if (r["architecture"], r.get("budget")) == (architecture,
                                                                                budget)]
         accuracies = [mean_accuracy(r) for r in runs]
-        gains = [(mean_accuracy(r) - by_seed[("hard", r["seed"])])
-                 / (by_seed[("task_sigma", r["seed"])] - by_seed[("hard", r["seed"])])
-                 for r in runs]
+        hard = statistics.fmean(by_seed[("hard", r["seed"])] for r in runs)
+        sigma_gain = statistics.fmean(by_seed[("task_sigma", r["seed"])] for r in runs) - hard
         table.append({
             "architecture": architecture, "budget": budget, "lr": runs[0].get("lr"),
             "seeds": len(runs), "accuracy": statistics.fmean(accuracies),
             "accuracy_std": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
             "flops_vs_hard": statistics.fmean(r["ratio"] for r in runs),
             "flops_vs_hard_max": max(r["ratio"] for r in runs),
-            "gain_share": statistics.fmean(gains), "searched": runs[0].get("searched"),
+            "gain_share": (statistics.fmean(accuracies) - hard) / sigma_gain
+            if sigma_gain > 0 else None, "searched": runs[0].get("searched"),
             "trees": sorted({r["tree"] for r in runs if "tree" in r})})
     return table
 
@@ -228,7 +228,7 @@ def markdown(table: list[dict[str, Any]]) -> str:
     for row in table:
         name = label(row)
         lr = "—" if row["lr"] is None else f"{row['lr']:g}"
-        share = f"{100 * row['gain_share']:.0f} %"
+        share = "—" if row["gain_share"] is None else f"{100 * row['gain_share']:.0f} %"
         lines.append(f"| {name} | {lr} | {row['flops_vs_hard']:.2f}, "
                      f"{row['flops_vs_hard_max']:.2f} | {row['accuracy']:.2f} ± "
                      f"{row['accuracy_std']:.2f} | {share} | {row['seeds']} |")
