@@ -13,6 +13,11 @@ stopped. Parts: ``fit`` (the architectures named by ``--architectures``), ``simp
     python benchmarks/study_trees.py --part fit --output runs/trees_attributes
     python benchmarks/study_trees.py --part simplify --output runs/trees_attributes
     python benchmarks/study_trees.py --part report --output runs/trees_attributes
+
+The 4-task setting with the exhaustive search (every tree within 1.25× hard sharing's FLOPs,
+trained at hard sharing's picked learning rate, the best on validation kept per seed) adds
+``--tasks left_even left_large right_even right_large --exhaustive-budget 1.25 --budgets 1.25``
+to all three parts.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from tasknorm.simplify.command import simplify
 from tasknorm.trees import TaskTree
 
 CONFIG = "multidigits_attributes"
-LABELS = {"hard": "hard sharing", "tree": "hand tree: shared 3 stages, then left / right / pair",
+LABELS = {"hard": "hard sharing", "tree": "hand tree: shared 3 stages, then per digit and pair",
           "task_sigma": "TSσBN"}
 Levels = list[list[list[str]]]
 
@@ -248,6 +253,10 @@ def plot(table: list[dict[str, Any]], path: Path, tasks: int) -> None:
         axis.errorbar(row["flops_vs_hard"], row["accuracy"], yerr=row["accuracy_std"],
                       fmt=marker, capsize=3, label=label(row))
     axis.set_xscale("log")
+    ratios = [row["flops_vs_hard"] for row in table]
+    ticks = [t for t in (1, 1.25, 1.5, 2, 3, 4, 8, 18) if min(ratios) <= t <= 1.1 * max(ratios)]
+    axis.set_xticks(ticks, [f"{t:g}×" for t in ticks])
+    axis.minorticks_off()
     axis.set_xlabel("FLOPs per image ÷ hard sharing's (log)")
     axis.set_ylabel(f"mean test accuracy over {tasks} tasks (%)")
     axis.set_title(f"{CONFIG}, {tasks} tasks: mean ± std over seeds")
