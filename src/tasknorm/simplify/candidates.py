@@ -177,7 +177,7 @@ def random_tree(tasks: Sequence[str], groups_per_level: Sequence[int],
     of the level above in two at a random point until it has its count.
 
     Example:
-        >>> tree = random_tree("abcd", [1, 2, 4], random.Random(0))
+        >>> tree = random_tree(["a", "b", "c", "d"], [1, 2, 4], random.Random(0))
         >>> tree.groups_per_level
         (1, 2, 4)
 
