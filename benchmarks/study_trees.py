@@ -54,12 +54,12 @@ def hand_tree(tasks: list[str], depth: int) -> Levels:
     return [[tasks]] * (depth - 1) + [[g for g in (left, right, pair) if g]]
 
 
-def groups_of(architecture: str, tasks: list[str], depth: int) -> Levels:
+def sharing_groups(architecture: str, tasks: list[str], depth: int) -> Levels:
+    """The groups of hard sharing (one everywhere) or TSσBN (one per task everywhere); tree
+    runs keep theirs in their record."""
     if architecture == "hard":
         return [[tasks]] * depth
-    if architecture == "task_sigma":
-        return [[[t] for t in tasks]] * depth
-    return hand_tree(tasks, depth)
+    return [[[t] for t in tasks]] * depth
 
 
 def fit(name: str, lr: float, seed: int, args: argparse.Namespace,
@@ -120,7 +120,7 @@ def hard_flops(args: argparse.Namespace) -> dict[str, Any]:
     return fit("hard", args.lrs[0], args.seeds[0], args)["flops"]
 
 
-def partitions(items: list[str]) -> list[Levels]:
+def partitions(items: list[str]) -> list[list[list[str]]]:
     """Every partition of ``items`` into non-empty groups."""
     if not items:
         return [[]]
@@ -182,7 +182,6 @@ def simplified(record: dict[str, Any], budget: float, grouping: str,
     report = json.loads((folder / "report.json").read_text())
     return {"architecture": f"simplify_{grouping}", "budget": budget, "seed": record["seed"],
             "tree": report["tree"]["text"], "flops_vs_hard": report["flops_vs_hard"],
-            "flops": report["flops"],
             "test": {t: m["accuracy"] for t, m in report["simplified"]["test"].items()},
             "original_test": {t: m["accuracy"] for t, m in report["original"]["test"].items()},
             "seconds": report["seconds"]}
@@ -303,8 +302,8 @@ def main() -> None:
     if args.exhaustive_budget:
         records += exhaustive(args, tuned("hard", args)[0]["lr"])
     for record in records:
-        groups = record.get("groups") or groups_of(record["architecture"], tasks,
-                                                   len(flops["levels"]))
+        groups = record.get("groups") or sharing_groups(record["architecture"], tasks,
+                                                        len(flops["levels"]))
         record["ratio"] = flops_ratio([len(level) for level in groups], flops["levels"],
                                       flops["heads"])
     for budget in args.budgets:

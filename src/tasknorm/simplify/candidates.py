@@ -197,7 +197,6 @@ def random_tree(tasks: Sequence[str], groups_per_level: Sequence[int],
     partition = [order[a:b] for a, b in zip([0, *cuts], [*cuts, len(tasks)], strict=True)]
     levels = []
     for count in groups_per_level:
-        partition = [list(group) for group in partition]
         while len(partition) < count:
             group = rng.choice([g for g in partition if len(g) > 1])
             partition.remove(group)
