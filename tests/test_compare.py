@@ -172,6 +172,72 @@ def test_tuning_picks_the_best_validation_point_and_reuses_its_seed_zero_run(
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+class InterruptedRun(FakeRun):
+    """:class:`FakeRun` killed during its ``stop``-th call, after that run began logging."""
+
+    def __init__(self, stop):
+        super().__init__()
+        self.stop = stop
+
+    def __call__(self, architecture, seed, output, config, overrides, version=None, name=None):
+        if len(self.calls) + 1 == self.stop:
+            write_metrics(Path(output) / name / version, [0.1], [9.0])
+            (Path(output) / name / version / "last.ckpt").write_text("partial")
+            raise KeyboardInterrupt
+        return super().__call__(architecture, seed, output, config, overrides, version, name)
+
+
+def test_resume_trains_only_the_runs_an_interrupted_comparison_did_not_finish(
+        tmp_path, monkeypatch, capsys):
+    """Killed in its fifth run, a comparison resumed with ``--resume`` reuses the four finished
+    runs (the diverged one included), retrains the unfinished one from a clean folder and ends
+    with the tables of an uninterrupted comparison; other settings or a plain rerun into the
+    folder are refused."""
+    args = ["--architectures", "hard", "sigma", "task_sigma", "--seeds", "3",
+            "--grid", "lr=0.02,0.05"]
+    whole = FakeRun()
+    monkeypatch.setattr(compare, "run_one", whole)
+    main([*args, "--output", str(tmp_path / "whole" / "out")])  # same folder name: same calls
+    killed = InterruptedRun(stop=5)
+    monkeypatch.setattr(compare, "run_one", killed)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--output", str(out)])
+    assert killed.calls == whole.calls[:4]
+    for refused, message in [([], "is not empty; choose another --output, or --resume"),
+                             (["--resume", "--epochs", "4"], "run with another overrides"),
+                             (["--resume", "--grid", "lr=0.02,0.1"], "run with another grid")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--output", str(out), *refused])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    resumed = FakeRun()
+    monkeypatch.setattr(compare, "run_one", resumed)
+    main([*args, "--output", str(out), "--resume"])
+    assert resumed.calls == whole.calls[4:]
+    unfinished = out / "tuning" / "task_sigma" / "lr=0.02"
+    assert not (unfinished / "last.ckpt").exists()
+    assert len(read_curves(unfinished, {"left": "accuracy"})["left"]) == 5
+    result = json.loads((out / "compare.json").read_text())
+    expected = json.loads((tmp_path / "whole" / "out" / "compare.json").read_text())
+    assert result["summary"] == expected["summary"] and result["tuning"] == expected["tuning"]
+    assert json.loads((out / "tuning" / "sigma" / "lr=0.05" / "record.json").read_text()) == {
+        "diverged": "loss of task 'left' is nan"}
+    (out / "hard" / "seed1" / "record.json").write_text("{")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--output", str(out), "--resume"])
+    assert "cannot read the saved run" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_folder_that_compare_did_not_write(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--resume", "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "has no settings.json; it is not a tasknorm compare folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize(("grid", "message"), [
     (["lr=0.01,0.02,0.03", "norm_lr_mult=1,10"], "--grid has 6 points (3 × 2); at most 4"),
     (["lr"], "--grid entry 'lr' is not KEY=V1,V2,..."),

@@ -30,6 +30,7 @@ import io
 import itertools
 import json
 import math
+import shutil
 import statistics
 import time
 from collections.abc import Sequence
@@ -51,6 +52,10 @@ LABELS = {"single_task": "single-task", "hard": "hard sharing (BN)", "sigma": "h
           "ltb": "Learning to Branch"}
 DELTA_CONVENTION = ("Δm: per-task mean of ±(M−B)/B over all metrics, then mean over tasks; "
                     "+ = better")
+RECORD = "record.json"
+"""Each finished run's record, saved beside its logs; ``--resume`` reuses it."""
+SETTINGS = "settings.json"
+"""What every run of one comparison shares; ``--resume`` checks it."""
 MAX_POINTS = 4
 """Largest tuning grid: each point costs one run per architecture."""
 Point = dict[str, int | float]
@@ -123,16 +128,14 @@ def row_label(key: str) -> str:
 
 
 def run_one(architecture: str, seed: int, output: Path, config: str | None,
-            overrides: Sequence[str], version: str | None = None,
-            name: str | None = None) -> dict[str, Any]:
-    """Train and test one architecture with one seed, logging to
-    ``<output>/<name>/<version>`` (default ``<architecture>/seed<seed>``); return its record,
+            overrides: Sequence[str], version: str, name: str) -> dict[str, Any]:
+    """Train and test one architecture with one seed, logging to ``<output>/<name>/<version>``;
+    return its record,
     with ``method`` (the balancing method, ``weighting+aggregator`` when both are given) and
     ``val_score``, the best validation ``val/selection`` (``None`` unless the checkpoint callback
     selects on its maximum and it is finite)."""
     logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
-               "init_args": {"save_dir": str(output), "name": name or architecture,
-                             "version": version or f"seed{seed}"}}]
+               "init_args": {"save_dir": str(output), "name": name, "version": version}}]
     args = ["fit", *(["--config", config] if config else []),
             "--model.architecture", architecture, "--seed_everything", str(seed),
             "--trainer.logger", json.dumps(logger), "--trainer.enable_progress_bar", "false",
@@ -160,7 +163,7 @@ def run_one(architecture: str, seed: int, output: Path, config: str | None,
 
 
 def tune(rows: Sequence[Row], grid: dict[str, list[int | float]], output: Path,
-         config: str | None, overrides: Sequence[str]
+         config: str | None, overrides: Sequence[str], resume: bool = False
          ) -> tuple[dict[str, Any], dict[Row, dict[str, Any]]]:
     """Train seed 0 of every row (architecture and balancing method, ``None``: the config's) at
     every point of ``grid`` (logs in ``<output>/tuning/<row>/<point>``) and pick, per row, the
@@ -169,7 +172,7 @@ def tune(rows: Sequence[Row], grid: dict[str, list[int | float]], output: Path,
     under ``relative``, whose values are gains over each run's own first epoch and so not
     comparable across runs, it is :func:`relative_scores`. Returns the tuning summary (``grid``,
     ``metric``, ``scores`` per row key and point label, ``picks``) and each row's record at its
-    pick, which serves as its seed-0 record."""
+    pick, which serves as its seed-0 record. ``resume``: reuse saved runs (:func:`_run`)."""
     scores: dict[str, dict[str, float | None]] = {}
     picks: dict[str, Point] = {}
     picked: dict[Row, dict[str, Any]] = {}
@@ -181,7 +184,7 @@ def tune(rows: Sequence[Row], grid: dict[str, list[int | float]], output: Path,
         for point in grid_points(grid):
             label = point_label(point)
             try:
-                run = _run(row, 0, output / "tuning", config, overrides, point, label)
+                run = _run(row, 0, output / "tuning", config, overrides, point, label, resume)
             except FloatingPointError as error:
                 print(f"tasknorm compare: {name} at {label} diverged: {error}")
                 row_scores[label] = None
@@ -314,6 +317,10 @@ def main(argv: Sequence[str]) -> None:
                         help="tabulate the runs of earlier compare outputs together, training "
                              "nothing")
     parser.add_argument("--output", default="runs/compare", help="folder for logs and tables")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted comparison in --output: its finished runs "
+                             "are reused, the others trained (same config, epochs, grid and fit "
+                             "options; rows and seeds may be added)")
     parser.add_argument("overrides", nargs="*",
                         help="extra fit options after --, e.g. -- --trainer.max_epochs 4")
     args = parser.parse_args(argv)
@@ -331,8 +338,11 @@ def main(argv: Sequence[str]) -> None:
         if args.methods and key in given:
             parser.error(f"--methods and the fit option {given[key]} contradict each other")
     output = Path(args.output)
-    if output.exists() and any(output.iterdir()):
-        parser.error(f"output folder {output} is not empty; choose another --output")
+    if args.resume and args.merge:
+        parser.error("--merge trains nothing; it takes no --resume")
+    if output.exists() and any(output.iterdir()) and not args.resume:
+        parser.error(f"output folder {output} is not empty; choose another --output, or "
+                     "--resume to continue the comparison in it")
     given = _read_baseline(args.baseline) if args.baseline else None
     command = "tasknorm compare " + " ".join(argv if argv is not None else [])
     if args.merge:
@@ -343,19 +353,43 @@ def main(argv: Sequence[str]) -> None:
         return
     config = resolve_config(args.config) if args.config else None
     overrides = ["--trainer.max_epochs", str(args.epochs), *args.overrides]
+    _check_settings(output, {"config": Path(config).read_text() if config else None,
+                             "grid": grid, "overrides": overrides}, args.resume)
     rows = [(arch, method) for arch in args.architectures for method in args.methods or [None]]
     tuning, picked = None, {}
     if grid is not None:
-        tuning, picked = tune(rows, grid, output, config, overrides)
+        tuning, picked = tune(rows, grid, output, config, overrides, args.resume)
         write_json(output / "tuning.json", tuning)
         print(tuning_table(tuning) + "\n")
     records = []
     for row in rows:
         first = [picked[row]] if row in picked else []  # seed 0: the tuning run at the pick
         point = picked[row]["point"] if first else {}
-        records += first + [_run(row, seed, output, config, overrides, point)
+        records += first + [_run(row, seed, output, config, overrides, point, resume=args.resume)
                             for seed in range(len(first), args.seeds)]
     _write_results(output, records, tuning, given, command)
+
+
+def _check_settings(output: Path, settings: dict[str, Any], resume: bool) -> None:
+    """Save what every run of a comparison shares (:data:`SETTINGS`: the config's text, the grid
+    and the fit options including the epochs); under ``resume``, refuse a folder saved with other
+    settings, whose runs would not be comparable with new ones."""
+    path = output / SETTINGS
+    if resume and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise UsageError(f"cannot read {path}: {error}") from None
+        changed = [key for key in settings if saved.get(key) != json.loads(json.dumps(
+            settings[key]))]
+        if changed:
+            raise UsageError(f"--resume: {output} was run with another {' and '.join(changed)} "
+                             f"(saved in {path}); resume with the same ones or choose another "
+                             "--output")
+    elif resume and output.exists() and any(output.iterdir()):
+        raise UsageError(f"--resume: {output} has no {SETTINGS}; it is not a tasknorm compare "
+                         "folder")
+    write_json(path, settings)
 
 
 def merged_runs(folders: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -412,18 +446,43 @@ def _write_results(output: Path, records: list[dict[str, Any]], tuning: dict[str
 
 
 def _run(row: Row, seed: int, output: Path, config: str | None, overrides: Sequence[str],
-         point: Point, version: str | None = None) -> dict[str, Any]:
+         point: Point, version: str | None = None, resume: bool = False) -> dict[str, Any]:
     """:func:`run_one` of ``row`` with the grid ``point``'s model options; the record keeps the
-    point, whether the run converged and each task's late improvement (:func:`convergence`)."""
+    point, whether the run converged and each task's late improvement (:func:`convergence`).
+    The record (or the divergence) is saved as :data:`RECORD` in the run's folder; with
+    ``resume`` a saved one is returned instead of training again, and the folder of a run that
+    never finished is cleared and trained anew."""
     architecture, method = row
+    name, version = row_name(*row), version or f"seed{seed}"
+    saved = output / name / version / RECORD
+    if resume and saved.is_file():
+        return _saved_record(saved)
+    shutil.rmtree(saved.parent, ignore_errors=True)
     options = [arg for key, value in point.items() for arg in (f"--model.{key}", str(value))]
     if method is not None:
         options += ["--model.balancing.weighting", method]
-    record = {**run_one(architecture, seed, output, config, [*overrides, *options], version,
-                        row_name(*row)), "point": point}
+    try:
+        record = {**run_one(architecture, seed, output, config, [*overrides, *options], version,
+                            name), "point": point}
+    except FloatingPointError as error:
+        write_json(saved, {"diverged": str(error)})
+        raise
     record["converged"], record["improvements"] = convergence(
         read_curves(record["log_dir"], record["primary"]), _primary(record, "higher_is_better"),
         _primary(record, "fractions"))
+    write_json(saved, record)
+    return record
+
+
+def _saved_record(path: Path) -> dict[str, Any]:
+    """The record :func:`_run` saved at ``path``; a saved divergence is raised again."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UsageError(f"cannot read the saved run {path}: {error}; delete it to train "
+                         "that run again") from None
+    if "diverged" in record:
+        raise FloatingPointError(record["diverged"])
     return record
 
 
