@@ -20,6 +20,9 @@ trained with ``equal`` keeps the architecture's name), tuned and seeded alike.
 
 ``--merge DIR ...`` trains nothing: it tabulates the runs of earlier comparisons together (for
 example architectures compared in parallel processes), as if one command had run them all.
+
+``--resume`` continues an interrupted comparison in ``--output``: each finished run saved its
+record (:data:`RECORD`) beside its logs and is reused; the rest are trained.
 """
 
 from __future__ import annotations
