@@ -9,7 +9,7 @@ import yaml
 
 from tasknorm import compare
 from tasknorm.compare import grid_points, main, markdown, summarise
-from tasknorm.curves import convergence, improvement, plot_curves, read_curves
+from tasknorm.curves import convergence, improvement, line_styles, plot_curves, read_curves
 from tasknorm.train import METHODS
 
 TINY = ["--data.init_args.sizes", "[128, 32, 32]", "--data.init_args.batch_size", "32",
@@ -321,6 +321,25 @@ def test_curves_are_read_from_metrics_csv_and_plotted(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     with pytest.raises(FileNotFoundError, match=r"missing/metrics\.csv"):
         read_curves(tmp_path / "missing", metrics)
+
+
+@pytest.mark.parametrize("count", [1, 4, 31, 80])
+def test_every_line_of_a_plot_has_its_own_colour_and_style(count):
+    styles = line_styles(count)
+    assert len(styles) == count and len(set(styles)) == count
+
+
+def test_a_plot_of_many_rows_keeps_every_label_in_its_legend(tmp_path, monkeypatch):
+    write_metrics(tmp_path / "run", [0.5, 0.75], [2.0, 1.5])
+    curves = [read_curves(tmp_path / "run", {"left": "accuracy", "right": "abs_err"})]
+    saved = {}
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig",
+                        lambda fig, f, **kwargs: saved.setdefault("figure", fig))
+    labels = [f"row {i}" for i in range(31)]
+    plot_curves(dict.fromkeys(labels, curves), {"left": "val accuracy %", "right": "val abs_err"},
+                {"left": 100.0, "right": 1.0}, tmp_path / "curves.png")
+    (legend,) = saved["figure"].legends
+    assert [text.get_text() for text in legend.get_texts()] == labels
 
 
 def test_compare_tuning_end_to_end(workdir):

@@ -74,30 +74,48 @@ def convergence(curves: Mapping[str, Curve], higher_is_better: Mapping[str, bool
     return converged, gains
 
 
+def line_styles(count: int) -> list[tuple[str, str]]:
+    """``count`` (colour, line style) pairs, distinct for up to 80 lines: the 20 colours of
+    matplotlib's ``tab20`` with a solid line, then dashed, dotted and dash-dotted."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    colours = [to_hex(c) for c in colormaps["tab20"].colors]
+    dashes = ("-", "--", ":", "-.")
+    return [(colours[i % len(colours)], dashes[i // len(colours) % len(dashes)])
+            for i in range(count)]
+
+
 def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Curve]]], ylabels: Mapping[str, str],
                 scales: Mapping[str, float], path: str | Path) -> Path:
     """Save one panel per task with one line per entry of ``runs`` (label → its runs' curves):
     the mean over runs at each epoch and a light min–max band. ``ylabels`` and ``scales`` (e.g.
-    100 for fractions in percent) are per task."""
+    100 for fractions in percent) are per task. Each line has its own colour and style
+    (:func:`line_styles`) and the legend sits below the panels, so a comparison of many rows
+    stays readable; points are marked only on curves of at most 20 epochs."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     tasks = list(ylabels)
-    fig = Figure(figsize=(4 * len(tasks), 3), layout="constrained")
+    columns = min(4, len(runs))
+    legend_rows = -(-len(runs) // columns)
+    fig = Figure(figsize=(4 * len(tasks), 3 + 0.22 * legend_rows), layout="constrained")
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    styles = line_styles(len(runs))
     for ax, task in zip(axes, tasks, strict=True):
-        for label, curves in runs.items():
+        for (label, curves), (colour, dash) in zip(runs.items(), styles, strict=True):
             by_epoch: dict[int, list[float]] = {}
             for curve in curves:
                 for epoch, value in curve[task].items():
                     by_epoch.setdefault(epoch, []).append(value * scales[task])
             epochs = sorted(by_epoch)
-            (line,) = ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs],
-                              marker=".", label=label)
+            ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], color=colour,
+                    linestyle=dash, marker="." if len(epochs) <= 20 else None, label=label)
             ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs],
-                            [max(by_epoch[e]) for e in epochs], color=line.get_color(),
-                            alpha=0.2, linewidth=0)
+                            [max(by_epoch[e]) for e in epochs], color=colour, alpha=0.2,
+                            linewidth=0)
         ax.set(title=task, xlabel="epoch", ylabel=ylabels[task])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=columns,
+               fontsize=8, frameon=False)
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
