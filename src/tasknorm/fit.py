@@ -135,8 +135,8 @@ class TasknormCLI(LightningCLI):
                              "dropping the norm and heads parameter groups; use the model's "
                              "options instead: --model.optimization.NAME for optimizer (sgd or "
                              "adam), lr, momentum, weight_decay, norm_lr_mult, "
-                             "norm_weight_decay, heads_lr_mult and scheduler (cosine, poly, "
-                             "step or none)")
+                             "norm_weight_decay, heads_lr_mult, architecture_lr_mult and "
+                             "scheduler (cosine, poly, step or none)")
 
     def before_fit(self) -> None:
         """Check, before any data is read, that every callback's monitored metric is one the

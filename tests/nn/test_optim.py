@@ -84,3 +84,23 @@ def test_heads_as_a_list_and_heads_outside_the_model():
         model["heads"]["a"].parameters())
     with pytest.raises(ValueError, match="heads must be submodules"):
         param_groups(model, lr=0.1, heads=nn.Linear(2, 2))
+
+
+def test_architecture_parameters_get_their_multiplier_and_leave_the_weights():
+    model = heads_model()
+    choice = nn.Parameter(torch.zeros(2, 2))
+    model["backbone"].register_parameter("choice", choice)
+    groups = param_groups(model, lr=0.1, weight_decay=1e-4, heads=model["heads"],
+                          architecture=[choice], architecture_lr_mult=10)
+    by_name = {g["name"]: g for g in groups}
+    assert list(by_name) == ["weights", "norm", "heads", "heads_norm", "architecture"]
+    assert by_name["architecture"]["params"] == [choice]
+    assert by_name["architecture"]["lr"] == pytest.approx(1.0)
+    assert by_name["architecture"]["weight_decay"] == 1e-4
+    everything = [id(p) for g in groups for p in g["params"]]
+    assert sorted(everything) == sorted(id(p) for p in model.parameters())
+    assert len(everything) == len(set(everything))
+    for outside in (nn.Parameter(torch.zeros(1)), model["heads"]["a"].weight,
+                    model["backbone"][1].gate_logit):
+        with pytest.raises(ValueError, match="architecture parameters must be parameters of"):
+            param_groups(model, lr=0.1, heads=model["heads"], architecture=[outside])

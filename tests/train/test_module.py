@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tasknorm.data import MultiDigitsDataModule
-from tasknorm.models import LEARNED_SHARING
+from tasknorm.models import ARCHITECTURES, LEARNED_SHARING
 from tasknorm.train import (
     SELECTION_METRIC,
     Balancing,
@@ -153,7 +153,7 @@ def test_groups_and_flat_names_build_the_same_module(data):
     plain mappings (checkpoints load with ``weights_only=True``)."""
     flat = {"optimizer": "adam", "lr": 0.02, "momentum": 0.5, "weight_decay": 0.0,
             "norm_lr_mult": 2.0, "norm_weight_decay": 1e-5, "heads_lr_mult": 3.0,
-            "scheduler": "step", "step_size": 3, "step_gamma": 0.25, "gate_init": "normal",
+            "architecture_lr_mult": 4.0, "scheduler": "step", "step_size": 3, "step_gamma": 0.25, "gate_init": "normal",
             "gate_init_mean": 0.5, "gate_init_std": 0.5, "weighting": "fixed",
             "weighting_args": {"weights": {"left": 1.0, "right": 2.0}}, "aggregator": None,
             "aggregator_args": None, "cosreg_alpha": 1.0, "cosreg_args": {"eps": 1e-6}}
@@ -161,8 +161,8 @@ def test_groups_and_flat_names_build_the_same_module(data):
     old = module(data, architecture="hard", **flat)
     new = module(data, architecture="hard", optimization=Optimization(
         optimizer="adam", lr=0.02, momentum=0.5, weight_decay=0.0, norm_lr_mult=2.0,
-        norm_weight_decay=1e-5, heads_lr_mult=3.0, scheduler="step", step_size=3,
-        step_gamma=0.25), gates=Gates(init="normal", mean=0.5, std=0.5),
+        norm_weight_decay=1e-5, heads_lr_mult=3.0, architecture_lr_mult=4.0, scheduler="step",
+        step_size=3, step_gamma=0.25), gates=Gates(init="normal", mean=0.5, std=0.5),
         balancing=Balancing(weighting="fixed",
                             weighting_args={"weights": {"left": 1.0, "right": 2.0}}),
         regularization=Regularization(cosreg_alpha=1.0, cosreg_args={"eps": 1e-6}))
@@ -254,6 +254,24 @@ def test_norm_parameters_and_heads_get_their_multipliers(data):
     assert gates and all(id(g) in norm_params for g in gates)
     assert {id(p) for p in groups[2]["params"]} == {id(p) for p in model.model.heads.parameters()}
     everything = [id(p) for g in groups for p in g["params"]]
+    assert sorted(everything) == sorted(id(p) for p in model.parameters())
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_only_the_branching_logits_get_the_architecture_multiplier(data, architecture):
+    """Learning to Branch's logits train at ``lr * architecture_lr_mult``; every other
+    architecture has no architecture parameters, so its groups are unchanged."""
+    model = module(data, architecture=architecture,
+                   optimization=Optimization(lr=0.01, architecture_lr_mult=30, scheduler="none"))
+    groups = {g["name"]: g for g in model.configure_optimizers()["optimizer"].param_groups}
+    if architecture == "ltb":
+        branching = model.model.backbone
+        assert groups["architecture"]["lr"] == pytest.approx(0.3)
+        assert {id(p) for p in groups["architecture"]["params"]} == {
+            id(p) for p in (*branching.branch_logits, branching.task_logits)}
+    else:
+        assert "architecture" not in groups and not model.model.architecture_parameters()
+    everything = [id(p) for g in groups.values() for p in g["params"]]
     assert sorted(everything) == sorted(id(p) for p in model.parameters())
 
 

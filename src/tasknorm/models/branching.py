@@ -29,7 +29,9 @@ class LearningToBranch(nn.Module):
     sample of its parents (Jang et al., arXiv:1611.01144) at ``temperature``: by default a
     one-hot sample with the soft sample's gradient (straight-through), so every step trains one
     sampled tree; ``hard=False``: the weighted sum of the parents' outputs. The logits train
-    jointly with the weights, by the same optimizer; the temperature stays fixed.
+    jointly with the weights, by the same optimizer, in a group of their own
+    (:meth:`architecture_parameters`, ``optimization.architecture_lr_mult``); the temperature
+    stays fixed.
     Evaluation: the hard tree, every child's parent being its largest logit (:meth:`tree`); only
     the nodes on the tasks' paths run.
 
@@ -64,6 +66,10 @@ class LearningToBranch(nn.Module):
             nn.Parameter(torch.zeros(nodes, nodes)) for _ in range(stages - 1))
         self.task_logits = nn.Parameter(torch.zeros(len(self.task_names), nodes))
         self.out_features: int = self.copies[0].out_features
+
+    def architecture_parameters(self) -> list[nn.Parameter]:
+        """The branching logits: every stage's, then the tasks'."""
+        return [*self.branch_logits, self.task_logits]
 
     def tree(self) -> list[list[int]]:
         """The hard tree: for each later stage, each node's parent, then each task's parent

@@ -137,6 +137,13 @@ class MultiTaskModel(nn.Module):
     def task_specific(self) -> bool:
         return self.architecture in ("task", "task_sigma")
 
+    def architecture_parameters(self) -> list[nn.Parameter]:
+        """The parameters that choose the network's structure rather than compute features
+        (Learning to Branch's branching logits; none for the other architectures), which the
+        optimizer gives a learning-rate multiplier of their own."""
+        return [p for module in self.modules() if isinstance(module, LearningToBranch)
+                for p in module.architecture_parameters()]
+
     def forward(self, x: Tensor, task: str | None = None) -> dict[str, Tensor]:
         """Outputs of every task, or only of ``task`` when given; dense outputs at ``x``'s size."""
         if task is not None and task not in self.task_names:

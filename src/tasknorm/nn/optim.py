@@ -29,6 +29,8 @@ def param_groups(
     norm_weight_decay: float = 0.0,
     heads: nn.Module | Iterable[nn.Module] | None = None,
     heads_lr_mult: float = 1.0,
+    architecture: Iterable[nn.Parameter] = (),
+    architecture_lr_mult: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Split ``model``'s trainable parameters into named groups, each parameter in exactly one.
 
@@ -38,7 +40,10 @@ def param_groups(
     * ``"heads"``: parameters of ``heads`` (modules inside ``model``), ``lr * heads_lr_mult``,
       decay ``weight_decay``;
     * ``"heads_norm"``: normalization parameters inside ``heads``: the heads' multiplier (not
-      the norm one, which is meant for the backbone's gates), decay ``norm_weight_decay``.
+      the norm one, which is meant for the backbone's gates), decay ``norm_weight_decay``;
+    * ``"architecture"``: ``architecture``, parameters that choose the network's structure
+      rather than compute features (Learning to Branch's branching logits),
+      ``lr * architecture_lr_mult``, decay ``weight_decay``.
 
     Args:
         model: the model to optimise.
@@ -48,6 +53,8 @@ def param_groups(
         norm_weight_decay: weight decay of every normalization parameter.
         heads: the task heads (a module, or several), or ``None`` for no heads groups.
         heads_lr_mult: learning-rate multiplier of the heads.
+        architecture: the architecture parameters (of ``model``, outside the heads).
+        architecture_lr_mult: their learning-rate multiplier.
 
     Returns:
         Parameter groups for any ``torch.optim`` optimizer, each with a ``"name"``; empty groups
@@ -73,6 +80,10 @@ def param_groups(
     model_ids = {id(p) for p in model.parameters()}
     if not head_ids <= model_ids:
         raise ValueError("heads must be submodules of the model whose parameters are grouped")
+    architecture_ids = {id(p) for p in architecture}
+    if not architecture_ids <= model_ids - head_ids - norm_ids:
+        raise ValueError("architecture parameters must be parameters of the model outside its "
+                         "heads and normalization layers")
     specs = {  # name: (in heads, is norm, lr, weight decay)
         "weights": (False, False, lr, weight_decay),
         "norm": (False, True, lr * norm_lr_mult, norm_weight_decay),
@@ -81,7 +92,10 @@ def param_groups(
     }
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"name": name, "lr": group_lr, "weight_decay": decay,
-               "params": [p for p in params
-                          if (id(p) in head_ids) == in_heads and (id(p) in norm_ids) == is_norm]}
+               "params": [p for p in params if id(p) not in architecture_ids
+                          and (id(p) in head_ids) == in_heads and (id(p) in norm_ids) == is_norm]}
               for name, (in_heads, is_norm, group_lr, decay) in specs.items()]
+    groups.append({"name": "architecture", "lr": lr * architecture_lr_mult,
+                   "weight_decay": weight_decay,
+                   "params": [p for p in params if id(p) in architecture_ids]})
     return [g for g in groups if g["params"]]

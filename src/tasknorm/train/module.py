@@ -313,7 +313,9 @@ class MultiTaskModule(L.LightningModule):
         groups = param_groups(self, hp.lr, weight_decay=hp.weight_decay,
                               norm_lr_mult=hp.norm_lr_mult,
                               norm_weight_decay=hp.norm_weight_decay, heads=self.model.heads,
-                              heads_lr_mult=hp.heads_lr_mult)
+                              heads_lr_mult=hp.heads_lr_mult,
+                              architecture=self.model.architecture_parameters(),
+                              architecture_lr_mult=hp.architecture_lr_mult)
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
         else:

@@ -32,6 +32,7 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "norm_lr_mult": (lambda v: 0 <= v < math.inf, "non-negative"),
     "norm_weight_decay": (lambda v: 0 <= v < math.inf, "non-negative"),
     "heads_lr_mult": (lambda v: 0 <= v < math.inf, "non-negative"),
+    "architecture_lr_mult": (lambda v: 0 <= v < math.inf, "non-negative"),
     "step_size": (lambda v: v >= 1, "at least 1"),
     "step_gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "cosreg_alpha": (lambda v: 0 <= v < math.inf, "non-negative"),
@@ -68,6 +69,11 @@ class Optimization:
         norm_weight_decay: weight decay of normalization parameters (σBN recipe: 0).
         heads_lr_mult: learning-rate multiplier of the task heads (their norm layers included,
             which get ``norm_weight_decay``); see :func:`tasknorm.nn.param_groups`.
+        architecture_lr_mult: learning-rate multiplier of the parameters that choose the
+            network's structure (:meth:`~tasknorm.models.MultiTaskModel.architecture_parameters`:
+            Learning to Branch's branching logits; other architectures have none). 10: at the
+            base rate the logits of ``ltb`` stay near uniform for 60 epochs on
+            ``multidigits_contested`` (``docs/results.md``).
         scheduler: ``cosine`` (over ``max_epochs``), ``poly`` (``(1 − epoch / max_epochs)^0.9``,
             Vandenhende et al.), ``step`` (multiply the learning rate by ``step_gamma`` every
             ``step_size`` epochs: mtan / LibMTL's StepLR(100, 0.5)) or ``none``.
@@ -82,6 +88,7 @@ class Optimization:
     norm_lr_mult: float = 10.0
     norm_weight_decay: float = 0.0
     heads_lr_mult: float = 1.0
+    architecture_lr_mult: float = 10.0
     scheduler: Literal["cosine", "poly", "step", "none"] = "cosine"
     step_size: int = 100
     step_gamma: float = 0.5
@@ -95,7 +102,7 @@ class Optimization:
                              f"{SCHEDULERS}")
         check_ranges({name: getattr(self, name) for name in (
             "lr", "momentum", "weight_decay", "norm_lr_mult", "norm_weight_decay",
-            "heads_lr_mult", "step_size", "step_gamma")})
+            "heads_lr_mult", "architecture_lr_mult", "step_size", "step_gamma")})
 
 
 @dataclass(frozen=True)
