@@ -205,8 +205,9 @@ def test_resume_trains_only_the_runs_an_interrupted_comparison_did_not_finish(
         main([*args, "--output", str(out)])
     assert killed.calls == whole.calls[:4]
     for refused, message in [([], "is not empty; choose another --output, or --resume"),
-                             (["--resume", "--epochs", "4"], "run with another overrides"),
-                             (["--resume", "--grid", "lr=0.02,0.1"], "run with another grid")]:
+                             (["--resume", "--epochs", "4"],
+                              "run with another --epochs or fit options after --"),
+                             (["--resume", "--grid", "lr=0.02,0.1"], "run with another --grid")]:
         with pytest.raises(SystemExit) as exit_info:
             main([*args, "--output", str(out), *refused])
         assert exit_info.value.code == 2

@@ -59,6 +59,9 @@ RECORD = "record.json"
 """Each finished run's record, saved beside its logs; ``--resume`` reuses it."""
 SETTINGS = "settings.json"
 """What every run of one comparison shares; ``--resume`` checks it."""
+SETTING_NAMES = {"config": "config file", "grid": "--grid",
+                 "overrides": "--epochs or fit options after --"}
+"""How an error names each entry of :data:`SETTINGS`."""
 MAX_POINTS = 4
 """Largest tuning grid: each point costs one run per architecture."""
 Point = dict[str, int | float]
@@ -383,8 +386,8 @@ def _check_settings(output: Path, settings: dict[str, Any], resume: bool) -> Non
             saved = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise UsageError(f"cannot read {path}: {error}") from None
-        changed = [key for key in settings if saved.get(key) != json.loads(json.dumps(
-            settings[key]))]
+        changed = [SETTING_NAMES[key] for key in settings
+                   if saved.get(key) != json.loads(json.dumps(settings[key]))]
         if changed:
             raise UsageError(f"--resume: {output} was run with another {' and '.join(changed)} "
                              f"(saved in {path}); resume with the same ones or choose another "

@@ -153,8 +153,9 @@ def test_groups_and_flat_names_build_the_same_module(data):
     plain mappings (checkpoints load with ``weights_only=True``)."""
     flat = {"optimizer": "adam", "lr": 0.02, "momentum": 0.5, "weight_decay": 0.0,
             "norm_lr_mult": 2.0, "norm_weight_decay": 1e-5, "heads_lr_mult": 3.0,
-            "architecture_lr_mult": 4.0, "scheduler": "step", "step_size": 3, "step_gamma": 0.25, "gate_init": "normal",
-            "gate_init_mean": 0.5, "gate_init_std": 0.5, "weighting": "fixed",
+            "architecture_lr_mult": 4.0, "scheduler": "step", "step_size": 3, "step_gamma": 0.25,
+            "gate_init": "normal", "gate_init_mean": 0.5, "gate_init_std": 0.5,
+            "weighting": "fixed",
             "weighting_args": {"weights": {"left": 1.0, "right": 2.0}}, "aggregator": None,
             "aggregator_args": None, "cosreg_alpha": 1.0, "cosreg_args": {"eps": 1e-6}}
     assert set(flat) == set(FLAT_NAMES)
