@@ -216,6 +216,11 @@ def test_resume_trains_only_the_runs_an_interrupted_comparison_did_not_finish(
     monkeypatch.setattr(compare, "run_one", resumed)
     main([*args, "--output", str(out), "--resume"])
     assert resumed.calls == whole.calls[4:]
+    reused = [line for line in capsys.readouterr().out.splitlines() if "reusing" in line]
+    assert reused == [f"tasknorm compare: {name} {label}: reusing the finished run in "
+                      f"{out / 'tuning' / name / label}" for name, label in [
+                          ("hard", "lr=0.02"), ("hard", "lr=0.05"), ("sigma", "lr=0.02"),
+                          ("sigma", "lr=0.05")]]
     unfinished = out / "tuning" / "task_sigma" / "lr=0.02"
     assert not (unfinished / "last.ckpt").exists()
     assert len(read_curves(unfinished, {"left": "accuracy"})["left"]) == 5

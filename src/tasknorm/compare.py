@@ -462,6 +462,7 @@ def _run(row: Row, seed: int, output: Path, config: str | None, overrides: Seque
     name, version = row_name(*row), version or f"seed{seed}"
     saved = output / name / version / RECORD
     if resume and saved.is_file():
+        print(f"tasknorm compare: {name} {version}: reusing the finished run in {saved.parent}")
         return _saved_record(saved)
     shutil.rmtree(saved.parent, ignore_errors=True)
     options = [arg for key, value in point.items() for arg in (f"--model.{key}", str(value))]
