@@ -136,10 +136,9 @@ def row_label(key: str) -> str:
 def run_one(architecture: str, seed: int, output: Path, config: str | None,
             overrides: Sequence[str], version: str, name: str) -> dict[str, Any]:
     """Train and test one architecture with one seed, logging to ``<output>/<name>/<version>``;
-    return its record,
-    with ``method`` (the balancing method, ``weighting+aggregator`` when both are given) and
-    ``val_score``, the best validation ``val/selection`` (``None`` unless the checkpoint callback
-    selects on its maximum and it is finite)."""
+    return its record, with ``method`` (the balancing method, ``weighting+aggregator`` when both
+    are given) and ``val_score``, the best validation ``val/selection`` (``None`` unless the
+    checkpoint callback selects on its maximum and it is finite)."""
     logger = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                "init_args": {"save_dir": str(output), "name": name, "version": version}}]
     args = ["fit", *(["--config", config] if config else []),
@@ -344,16 +343,15 @@ def main(argv: Sequence[str]) -> None:
         if args.methods and key in given:
             parser.error(f"--methods and the fit option {given[key]} contradict each other")
     output = Path(args.output)
-    if args.resume and args.merge:
-        parser.error("--merge trains nothing; it takes no --resume")
     if output.exists() and any(output.iterdir()) and not args.resume:
         parser.error(f"output folder {output} is not empty; choose another --output, or "
                      "--resume to continue the comparison in it")
     given = _read_baseline(args.baseline) if args.baseline else None
     command = "tasknorm compare " + " ".join(argv if argv is not None else [])
     if args.merge:
-        if args.grid or args.methods or args.overrides:
-            parser.error("--merge trains nothing; it takes no --grid, --methods or fit options")
+        if args.grid or args.methods or args.overrides or args.resume:
+            parser.error("--merge trains nothing; it takes no --grid, --methods, --resume or fit "
+                         "options")
         records, tuning = merged_runs([Path(folder) for folder in args.merge])
         _write_results(output, records, tuning, given, command)
         return
