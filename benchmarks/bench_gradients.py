@@ -4,8 +4,11 @@ relative to equal weighting, on the same model and batch.
 The MultiDigits default model (``digits_cnn`` width 32, TSσBN unless ``--architecture``), one
 batch of 128 images. Each method has its own copy of the model (same initial weights) and SGD
 optimizer, and runs the computation of :class:`~tasknorm.train.MultiTaskModule`'s step for it
-(forward, losses; per-task gradients and penalty or aggregation; backward; optimizer step)
-through the same library functions, without Lightning's loop. Methods are timed
+(forward passes, losses; Jacobian and aggregation, or penalty; backward; optimizer step)
+through the module's own methods, without Lightning's loop. On a task-specific model a few
+gradient methods are also timed through the all-tasks pass (``... (all-tasks pass)``), which the
+module no longer uses for them: there each task's backward pass traverses every task's copy of
+the batch. ``--tasks``: the MultiDigits tasks (``left right`` by default). Methods are timed
 **round-robin** (one step of each, ``--steps`` times, after ``--warmup`` rounds), so that load
 from other processes on a shared machine hits all of them alike; reported are the median and
 the minimum over rounds and their ratios to ``equal``. Target for CosReg: ≤ 2.5×.
@@ -18,7 +21,6 @@ Results: ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import statistics
 import time
@@ -27,38 +29,45 @@ from collections.abc import Callable
 import torch
 
 from tasknorm.data import MultiDigitsDataModule
+from tasknorm.data.multidigits import DEFAULT_TASKS
 from tasknorm.io import write_json
-from tasknorm.train import AGGREGATORS, CosReg, MultiTaskModule, build_aggregator
-from tasknorm.train.aggregation import aggregate, write_gradient
-from tasknorm.train.gradients import shared_parameters, task_gradients
+from tasknorm.train import MultiTaskModule
 
 AGGREGATOR_ORDER = ("mgda", "pcgrad", "cagrad", "imtl_g", "nash_mtl", "upgrad", "graddrop",
                     "aligned_mtl", "dualproj")
+ALL_TASKS_PASS = ("pcgrad", "upgrad")
+"""Gradient methods also timed through the all-tasks pass on a task-specific model."""
 
 
-def make_step(name: str, module: MultiTaskModule, batch: dict) -> Callable[[], None]:
-    """One training step of method ``name`` on ``module`` (its own copy) and ``batch``."""
-    model = module.model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    shared = list(shared_parameters(model.backbone).values())
-    cosreg = None
+def make_step(name: str, base: MultiTaskModule, batch: dict, tasks: list,
+              all_tasks_pass: bool = False) -> Callable[[], None]:
+    """One training step of method ``name`` on a copy of ``base``'s model and ``batch``: the
+    computation of :class:`~tasknorm.train.MultiTaskModule`'s step (its forward passes, losses,
+    Jacobian and aggregation or CosReg penalty, backward), then an SGD step. With
+    ``all_tasks_pass`` a gradient method reads the outputs of the all-tasks pass, as the module
+    did before it ran one pass per task (the counterfactual row of the benchmark)."""
+    options: dict = {"architecture": base.hparams.architecture,
+                     "backbone_args": base.hparams.backbone_args}
     if name.startswith("cosreg"):
-        cosreg = CosReg(10.0, parameters=["*"] if "all" in name else None)
-        cosreg.attach(model.backbone)
-    aggregator = build_aggregator(name, 2) if name in AGGREGATORS else None
+        options |= {"cosreg_alpha": 10.0,
+                    "cosreg_args": {"parameters": ["*"]} if "all" in name else None}
+    elif name != "equal":
+        options["aggregator"] = name.split(" ")[0]
+    module = MultiTaskModule(tasks, **options).train()
+    module.model.load_state_dict(base.model.state_dict())
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 
     def step() -> None:
-        outputs = model(batch["image"])
+        image = batch["image"]
+        outputs = module.model(image) if all_tasks_pass else module._training_outputs(image)
         losses = module._losses(outputs, batch)
         optimizer.zero_grad()
-        if aggregator is not None:
-            direction = aggregate(aggregator, task_gradients(losses, shared))
-            sum(losses.values()).backward()
-            write_gradient(shared, direction)
+        if module.aggregator is not None:
+            module._write_aggregated_gradients(module.weighting.objectives(losses))
         else:
-            total = sum(losses.values())
-            if cosreg is not None:
-                total = total + cosreg(losses)
+            total = module.weighting(losses)
+            if module.cosreg is not None:
+                total = total + module.cosreg(losses)
             total.backward()
         optimizer.step()
 
@@ -69,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", default="task_sigma")
     parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
@@ -77,14 +87,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    data = MultiDigitsDataModule(sizes=(args.batch_size, 64, 64), batch_size=args.batch_size)
+    data = MultiDigitsDataModule(sizes=(args.batch_size, 64, 64), batch_size=args.batch_size,
+                                 tasks=args.tasks)
     data.prepare_data()
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     base = MultiTaskModule(data.tasks, backbone_args={"width": args.width},
                            architecture=args.architecture).train()
     names = ["equal", "cosreg (last shared layer)", "cosreg (all shared)", *AGGREGATOR_ORDER]
-    steps = {name: make_step(name, copy.deepcopy(base), batch) for name in names}
+    steps = {name: make_step(name, base, batch, data.tasks) for name in names}
+    if base.model.task_specific:
+        steps |= {f"{name} (all-tasks pass)": make_step(name, base, batch, data.tasks, True)
+                  for name in ALL_TASKS_PASS}
+    names = list(steps)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.warmup + args.steps):
         for name, step in steps.items():
@@ -104,6 +119,7 @@ def main() -> None:
         write_json(args.output, {"date": datetime.datetime.now(datetime.UTC).isoformat(),
                                  "torch": torch.__version__, "threads": args.threads,
                                  "architecture": args.architecture, "width": args.width,
+                                 "tasks": args.tasks,
                                  "batch_size": args.batch_size, "steps": args.steps,
                                  "results": results})
 

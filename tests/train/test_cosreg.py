@@ -195,6 +195,45 @@ def test_module_trains_with_cosreg_and_logs_its_cost(tmp_path, architecture):
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * 0.5)
 
 
+class CheckCosRegGradient(L.Callback):
+    """Before the optimizer step: every gradient is that of the summed losses plus the penalty
+    of a fresh CosReg, both computed through the all-tasks pass, which the step of a
+    task-specific model does not use (it runs one pass per task)."""
+
+    def __init__(self):
+        self.checked = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch = batch
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        fresh = CosReg(10.0, loss_scaled=True)
+        fresh.attach(pl_module.model.backbone)
+        outputs = pl_module.model(self.batch["image"])
+        losses = pl_module._losses(outputs, self.batch)
+        total = pl_module.weighting(losses) + fresh(losses)
+        parameters = [p for p in pl_module.parameters() if p.grad is not None]
+        expected = torch.autograd.grad(total, parameters)
+        for parameter, grad in zip(parameters, expected, strict=True):
+            torch.testing.assert_close(parameter.grad, grad)
+        self.checked += 1
+
+
+def test_a_task_specific_step_with_cosreg_is_that_of_the_all_tasks_pass(tmp_path):
+    data = MultiDigitsDataModule(variant="even_odd", sizes=(16, 8, 8), batch_size=16,
+                                 cache_dir=str(tmp_path))
+    L.seed_everything(0)
+    model = MultiTaskModule(data.tasks, backbone_args={"width": 4}, architecture="task_sigma",
+                            cosreg_alpha=10.0, cosreg_args={"loss_scaled": True},
+                            scheduler="none")
+    check = CheckCosRegGradient()
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        limit_val_batches=0, callbacks=[check])
+    trainer.fit(model, data)
+    assert check.checked == 1
+
+
 def test_cosreg_needs_a_shared_backbone():
     data = MultiDigitsDataModule(sizes=(8, 8, 8))
     with pytest.raises(ValueError, match=r"CosReg need.* architecture 'single_task' has none"):

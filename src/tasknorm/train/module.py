@@ -182,13 +182,23 @@ class MultiTaskModule(L.LightningModule):
     def _training_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each task's loss on ``batch`` (kept in ``task_losses`` for callbacks that need them
         with their graph); a NaN or infinite loss stops training, naming the task."""
-        losses = self._losses(self.model(batch["image"]), batch)
+        losses = self._losses(self._training_outputs(batch["image"]), batch)
         self.task_losses = losses
         if not torch.isfinite(torch.stack(list(losses.values()))).all():
             name, loss = next((n, v) for n, v in losses.items() if not torch.isfinite(v))
             raise FloatingPointError(f"loss of task {name!r} is {loss.item()} at step "
                                      f"{self.global_step} (epoch {self.current_epoch})")
         return losses
+
+    def _training_outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """The model's outputs for a training step. A step that takes one backward pass per task
+        (a gradient method, CosReg) through a task-specific model runs each task's forward pass
+        on its own: through the all-tasks pass, whose batch stacks the T tasks' copies, each of
+        those backward passes would traverse all T copies, T times the work for the same
+        gradient. Both give the same outputs."""
+        if self.automatic_optimization or not self.model.task_specific:
+            return self.model(x)
+        return {task: self.model(x, task)[task] for task in self.tasks}
 
     def _log_training(self, losses: dict[str, Tensor], total: Tensor, size: int) -> None:
         self.loss_means["train_loss"].update(torch.stack(list(losses.values())), size)
@@ -222,17 +232,22 @@ class MultiTaskModule(L.LightningModule):
         return total.detach()
 
     def _aggregated_gradients(self, objectives: Tensor, size: int) -> bool:
+        """:meth:`_write_aggregated_gradients`, logging its time."""
+        start = time.perf_counter()
+        stepped = self._write_aggregated_gradients(objectives)
+        self.log("train/aggregator_seconds", time.perf_counter() - start, batch_size=size)
+        return stepped
+
+    def _write_aggregated_gradients(self, objectives: Tensor) -> bool:
         """Store the aggregation's update of the shared parameters and the summed objectives'
         gradient of the others in ``.grad``, from one backward pass per task; ``False`` when
         the aggregation takes no step on this batch."""
-        start = time.perf_counter()
         shared = list(shared_parameters(self.model.backbone).values())
         ids = {id(p) for p in shared}
         others = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         jacobian, rest = task_jacobian(objectives, shared, others)
         update = self.aggregator(mean_over_processes(jacobian),
                                  mean_over_processes(objectives.detach()))
-        self.log("train/aggregator_seconds", time.perf_counter() - start, batch_size=size)
         if update is None:
             return False
         write_gradient(shared, update)
