@@ -63,7 +63,7 @@ def make_step(name: str, base: MultiTaskModule, batch: dict, tasks: list,
         losses = module._losses(outputs, batch)
         optimizer.zero_grad()
         if module.aggregator is not None:
-            module._write_aggregated_gradients(module.weighting.objectives(losses))
+            module._write_aggregated_gradients(module.weighting.objectives(losses), losses)
         else:
             total = module.weighting(losses)
             if module.cosreg is not None:

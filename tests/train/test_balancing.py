@@ -129,12 +129,16 @@ def test_a_weighting_combined_with_an_aggregator_aggregates_the_weighted_objecti
             shared = list(pl_module.model.backbone.parameters())
             self.update = aggregate(build_aggregator("upgrad", 2),
                                     task_gradients(list(objectives), shared))
-            (self.log_var_grad,) = torch.autograd.grad(objectives.sum(), [s])
+            (self.log_var_grad,) = torch.autograd.grad(objectives.sum(), [s], retain_graph=True)
+            self.heads = list(pl_module.model.heads.parameters())
+            self.head_grads = torch.autograd.grad(objectives.sum(), self.heads)
 
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
             applied = torch.cat([p.grad.reshape(-1) for p in pl_module.model.backbone.parameters()])
             torch.testing.assert_close(applied, self.update)
             torch.testing.assert_close(pl_module.weighting.log_vars.grad, self.log_var_grad)
+            for head, grad in zip(self.heads, self.head_grads, strict=True):
+                torch.testing.assert_close(head.grad, grad)
             checks.append(True)
 
     L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,

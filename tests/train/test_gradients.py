@@ -10,6 +10,7 @@ from tasknorm.nn import TaskSigmaBatchNorm2d, convert, use_task
 from tasknorm.train.gradients import (
     cosine_statistics,
     gradient_cosines,
+    objective_weights,
     pair_values,
     rolling_std,
     shared_parameters,
@@ -168,3 +169,27 @@ def test_cosine_statistics():
     assert float(stats["overall_rolling_std"][-1]) == pytest.approx(array[1:].std())
     with pytest.raises(ValueError, match="at least one measurement"):
         cosine_statistics(torch.zeros(0, 2), 3)
+
+
+def test_the_chain_rule_through_the_losses_gives_the_jacobian_of_the_objectives():
+    """objective_weights @ (Jacobian of the losses) == Jacobian of objectives that mix the
+    losses, and the weighted sum of the losses' gradients on the others is that of the
+    objectives' sum."""
+    torch.manual_seed(0)
+    shared = torch.randn(5, requires_grad=True)
+    heads = [torch.randn(5, requires_grad=True) for _ in range(3)]
+
+    def losses():
+        return [((shared * head).sum() + i) ** 2 for i, head in enumerate(heads)]
+
+    def objectives(values):
+        stacked = torch.stack(values)
+        return torch.stack([stacked[0].log() + stacked[1], stacked[1] * stacked[2], stacked[2]])
+
+    values = losses()
+    chain = objective_weights(objectives(values), values)
+    rows, rest = task_jacobian(values, [shared], heads, weights=chain.sum(0))
+    expected, expected_rest = task_jacobian(objectives(losses()), [shared], heads)
+    torch.testing.assert_close(chain @ rows, expected)
+    for got, want in zip(rest, expected_rest, strict=True):
+        torch.testing.assert_close(got, want)

@@ -98,14 +98,18 @@ def task_gradients(losses: Mapping[str, Tensor] | Sequence[Tensor],
 
 
 def task_jacobian(objectives: Tensor | Sequence[Tensor], shared: Sequence[Tensor],
-                  others: Sequence[Tensor] = ()) -> tuple[Tensor, list[Tensor | None]]:
-    """The ``(T, P)`` Jacobian of the task objectives on ``shared`` and the gradient of their sum
-    on ``others`` (``None`` for one that no objective reaches), from one backward pass per task.
+                  others: Sequence[Tensor] = (), weights: Tensor | None = None
+                  ) -> tuple[Tensor, list[Tensor | None]]:
+    """The ``(T, P)`` Jacobian of the task objectives on ``shared`` and the gradient of their
+    sum (weighted by ``weights``, when given) on ``others`` (``None`` for one that no objective
+    reaches), from one backward pass per task.
 
     This is what a gradient aggregator needs for one step: the rows of the Jacobian for the
     shared parameters, and for the parameters that one task reaches (heads, task-specific
     norms) the plain gradient, which comes from the same passes instead of one more backward.
-    The graph is freed after the last pass.
+    The graph is freed after the last pass. Each pass runs through all of the graph that
+    leads to its objective: give separate tensors (the task losses), not the entries of one
+    stacked tensor, whose every entry leads to all tasks' graphs (:func:`objective_weights`).
 
     Example:
         >>> import torch
@@ -130,9 +134,35 @@ def task_jacobian(objectives: Tensor | Sequence[Tensor], shared: Sequence[Tensor
         rows.append(_flat(grads[:len(shared)], shared))
         for position, grad in enumerate(grads[len(shared):]):
             if grad is not None:
+                grad = grad if weights is None else weights[index] * grad
                 total = rest[position]
                 rest[position] = grad if total is None else total + grad
     return torch.stack(rows), rest
+
+
+def objective_weights(objectives: Tensor, losses: Sequence[Tensor]) -> Tensor:
+    """The ``(T, L)`` derivatives of each of the ``objectives`` (computed from ``losses``) by
+    each loss, from one backward pass per objective that stops at the losses.
+
+    With them the Jacobian of the objectives is that of the losses, ``objective_weights @
+    task_jacobian(losses, ...)`` (the chain rule), whose passes run each through its own
+    loss's graph: ``task_jacobian(objectives, ...)`` would run every pass through all of them,
+    since every entry of a stacked tensor leads to all of its inputs.
+
+    Example:
+        >>> import torch
+        >>> losses = [torch.tensor(2.0, requires_grad=True), torch.tensor(4.0, requires_grad=True)]
+        >>> objective_weights(torch.stack(losses).log(), losses)
+        tensor([[0.5000, 0.0000],
+                [0.0000, 0.2500]])
+    """
+    rows = []
+    for objective in objectives:
+        grads = torch.autograd.grad(objective, list(losses), retain_graph=True,
+                                    allow_unused=True)
+        rows.append(torch.stack([g if g is not None else torch.zeros_like(loss)
+                                 for g, loss in zip(grads, losses, strict=True)]))
+    return torch.stack(rows).detach()
 
 
 def _flat(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:

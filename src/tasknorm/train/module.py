@@ -40,7 +40,7 @@ from tasknorm.tasks import Task
 from tasknorm.train.aggregation import Aggregation, mean_over_processes, write_gradient
 from tasknorm.train.balancing import build_balance
 from tasknorm.train.cosreg import CosReg
-from tasknorm.train.gradients import shared_parameters, task_jacobian
+from tasknorm.train.gradients import objective_weights, shared_parameters, task_jacobian
 from tasknorm.train.loss_means import TaskLossMeans
 from tasknorm.train.options import (
     Balancing,
@@ -213,7 +213,7 @@ class MultiTaskModule(L.LightningModule):
         if self.aggregator is not None:
             objectives = self.weighting.objectives(losses)
             total = objectives.sum()
-            self.stepped = self._aggregated_gradients(objectives, size)
+            self.stepped = self._aggregated_gradients(objectives, losses, size)
             if not self.stepped:
                 self._log_training(losses, total, size)
                 return total.detach()
@@ -231,27 +231,38 @@ class MultiTaskModule(L.LightningModule):
         self._log_training(losses, total, size)
         return total.detach()
 
-    def _aggregated_gradients(self, objectives: Tensor, size: int) -> bool:
+    def _aggregated_gradients(self, objectives: Tensor, losses: dict[str, Tensor],
+                              size: int) -> bool:
         """:meth:`_write_aggregated_gradients`, logging its time."""
         start = time.perf_counter()
-        stepped = self._write_aggregated_gradients(objectives)
+        stepped = self._write_aggregated_gradients(objectives, losses)
         self.log("train/aggregator_seconds", time.perf_counter() - start, batch_size=size)
         return stepped
 
-    def _write_aggregated_gradients(self, objectives: Tensor) -> bool:
+    def _write_aggregated_gradients(self, objectives: Tensor, losses: dict[str, Tensor]) -> bool:
         """Store the aggregation's update of the shared parameters and the summed objectives'
-        gradient of the others in ``.grad``, from one backward pass per task; ``False`` when
-        the aggregation takes no step on this batch."""
+        gradient of the others in ``.grad``; ``False`` when the aggregation takes no step on
+        this batch. The model's gradients come from one backward pass per task loss, through
+        that loss's graph alone, and reach the objectives (computed from the losses) by the
+        chain rule (:func:`~tasknorm.train.gradients.objective_weights`); the parameters of the
+        method itself (uncertainty's log-variances, ...) get theirs from the objectives."""
         shared = list(shared_parameters(self.model.backbone).values())
         ids = {id(p) for p in shared}
-        others = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        jacobian, rest = task_jacobian(objectives, shared, others)
-        update = self.aggregator(mean_over_processes(jacobian),
+        others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
+        in_model = {id(p) for p in self.model.parameters()}
+        own = [p for p in self.parameters() if p.requires_grad and id(p) not in in_model]
+        own_grads = (torch.autograd.grad(objectives.sum(), own, retain_graph=True,
+                                         allow_unused=True) if own else ())
+        values = list(losses.values())
+        chain = objective_weights(objectives, values)
+        rows, rest = task_jacobian(values, shared, others, weights=chain.sum(0))
+        update = self.aggregator(mean_over_processes(chain @ rows),
                                  mean_over_processes(objectives.detach()))
         if update is None:
             return False
         write_gradient(shared, update)
-        reached = [(p, g) for p, g in zip(others, rest, strict=True) if g is not None]
+        reached = [(p, g) for p, g in zip([*others, *own], [*rest, *own_grads], strict=True)
+                   if g is not None]
         if reached:
             parameters, grads = zip(*reached, strict=True)
             write_gradient(parameters, mean_over_processes(torch.cat([g.reshape(-1)
