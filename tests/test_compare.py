@@ -36,10 +36,14 @@ def test_summary_statistics_and_delta():
     assert summary["single_task"]["delta_m"] == pytest.approx(0.0)
     # left +0.1/0.7, right 0 → mean over tasks of the gains, in percent
     assert summary["task_sigma"]["delta_m"] == pytest.approx(100 * (0.1 / 0.7) / 2)
+    # the seeds' own Δm: +0.2/0.7 and 0 on left, 0 on right
+    seeds = [100 * (0.2 / 0.7) / 2, 0.0]
+    assert summary["task_sigma"]["delta_m_std"] == pytest.approx(statistics.stdev(seeds))
+    assert statistics.fmean(seeds) == pytest.approx(summary["task_sigma"]["delta_m"])
     table = markdown(summary)
     assert "| left accuracy % | right accuracy % |" in table
     assert "| converged |" in table
-    assert ("| TSσBN | 80.00 ± 14.14 | 60.00 ± 0.00 | +7.14 | 10 | 2.0 | 1.5 ± 0.7 | 1/2 |"
+    assert ("| TSσBN | 80.00 ± 14.14 | 60.00 ± 0.00 | +7.14 ± 10.10 | 10 | 2.0 | 1.5 ± 0.7 | 1/2 |"
             in table)
     assert "| single-task | 70.00 ± 14.14 |" in table and "| 2/2 |" in table
     assert summarise(records, None)["task_sigma"]["delta_m"] is None

@@ -254,7 +254,9 @@ def tuning_table(tuning: dict[str, Any]) -> str:
 def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float]] | None
               ) -> dict[str, Any]:
     """Mean ± std over seeds per row (:func:`row_key`) and metric, and Δm against
-    ``baseline``."""
+    ``baseline``: of the mean metrics (``delta_m``, which is also the mean of the seeds' Δm, Δm
+    being linear in the metrics) and its std over the seeds' own Δm (``delta_m_std``), the
+    spread that tells two rows' Δm apart."""
     summary: dict[str, Any] = {}
     for key in dict.fromkeys(map(row_key, records)):
         runs = [r for r in records if row_key(r) == key]
@@ -262,11 +264,14 @@ def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float
                    for task, values in runs[0]["test"].items()}
         means = {task: {m: v["mean"] for m, v in values.items()}
                  for task, values in metrics.items()}
+        directions = runs[0]["higher_is_better"]
+        deltas = ([delta_m(r["test"], baseline, directions) for r in runs]
+                  if baseline is not None else None)
         summary[key] = {
             "architecture": runs[0]["architecture"], "method": _method(runs[0]),
             "seeds": [r["seed"] for r in runs], "metrics": metrics,
-            "delta_m": (delta_m(means, baseline, runs[0]["higher_is_better"])
-                        if baseline is not None else None),
+            "delta_m": (delta_m(means, baseline, directions) if deltas is not None else None),
+            "delta_m_std": _mean_std(deltas)["std"] if deltas is not None else None,
             "parameters": runs[0]["parameters"], "flops": runs[0]["flops"],
             "seconds": _mean_std([r["seconds"] for r in runs]),
             "fractions": runs[0]["fractions"], "point": runs[0]["point"],
@@ -288,7 +293,8 @@ def markdown(summary: dict[str, Any]) -> str:
     for key, row in summary.items():
         cells = [row_label(key)]
         cells += [_pm(row["metrics"][t][m], 100 if fractions[t][m] else 1) for t, m in columns]
-        cells.append("—" if row["delta_m"] is None else f"{row['delta_m']:+.2f}")
+        cells.append("—" if row["delta_m"] is None
+                     else f"{row['delta_m']:+.2f} ± {row['delta_m_std']:.2f}")
         seconds = row["seconds"]
         cells += [f"{row['parameters']:,}", f"{row['flops'] / 1e6:.1f}",
                   f"{seconds['mean']:.1f} ± {seconds['std']:.1f}",
