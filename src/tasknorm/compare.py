@@ -254,24 +254,21 @@ def tuning_table(tuning: dict[str, Any]) -> str:
 def summarise(records: list[dict[str, Any]], baseline: dict[str, dict[str, float]] | None
               ) -> dict[str, Any]:
     """Mean ± std over seeds per row (:func:`row_key`) and metric, and Δm against
-    ``baseline``: of the mean metrics (``delta_m``, which is also the mean of the seeds' Δm, Δm
-    being linear in the metrics) and its std over the seeds' own Δm (``delta_m_std``), the
-    spread that tells two rows' Δm apart."""
+    ``baseline``: the mean of the seeds' own Δm (``delta_m``, which is the Δm of the mean metrics,
+    Δm being linear in them) and their std (``delta_m_std``), the spread that tells two rows'
+    Δm apart."""
     summary: dict[str, Any] = {}
     for key in dict.fromkeys(map(row_key, records)):
         runs = [r for r in records if row_key(r) == key]
         metrics = {task: {m: _mean_std([r["test"][task][m] for r in runs]) for m in values}
                    for task, values in runs[0]["test"].items()}
-        means = {task: {m: v["mean"] for m, v in values.items()}
-                 for task, values in metrics.items()}
-        directions = runs[0]["higher_is_better"]
-        deltas = ([delta_m(r["test"], baseline, directions) for r in runs]
-                  if baseline is not None else None)
+        deltas = (_mean_std([delta_m(r["test"], baseline, runs[0]["higher_is_better"])
+                             for r in runs]) if baseline is not None else None)
         summary[key] = {
             "architecture": runs[0]["architecture"], "method": _method(runs[0]),
             "seeds": [r["seed"] for r in runs], "metrics": metrics,
-            "delta_m": (delta_m(means, baseline, directions) if deltas is not None else None),
-            "delta_m_std": _mean_std(deltas)["std"] if deltas is not None else None,
+            "delta_m": deltas["mean"] if deltas is not None else None,
+            "delta_m_std": deltas["std"] if deltas is not None else None,
             "parameters": runs[0]["parameters"], "flops": runs[0]["flops"],
             "seconds": _mean_std([r["seconds"] for r in runs]),
             "fractions": runs[0]["fractions"], "point": runs[0]["point"],
