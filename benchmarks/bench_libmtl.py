@@ -31,6 +31,11 @@ instead of ``iterator.next()``, and ``HPS`` zeroes the shared gradients in place
 ``zero_grad`` did before torch 2.0 (PCGrad writes its update into ``param.grad.data``).
 
 Every run is a fresh process; the sides alternate, each round starting with the other side.
+
+``--overhead N`` measures what tasknorm's training path adds to the computation: in one process,
+N times, an epoch through Lightning as above, then an epoch of a bare PyTorch loop (forward,
+cross-entropy per task, their sum, backward, the optimizer's step) over the same module's model,
+optimizer and data module.
 """
 
 from __future__ import annotations
@@ -131,6 +136,34 @@ def tasknorm_epoch(method: str, work: Path, batches: int | None) -> dict:
     metrics = trainer.callback_metrics
     return {"seconds": timer.seconds, "batches": trainer.num_training_batches,
             "losses": {t: float(metrics[f"train/{t}_loss"]) for t in saved["tasks"]}}
+
+
+def bare_epoch() -> float:
+    """Seconds of one epoch of a bare PyTorch loop over tasknorm's hard-sharing model, with
+    its optimizer and data module, as ``tasknorm_epoch`` trains them but without Lightning."""
+    from tasknorm.data import MultiDigitsDataModule
+
+    data = MultiDigitsDataModule(variant="left_right", batch_size=BATCH_SIZE)
+    data.setup("fit")
+    module = tasknorm_module(data, "equal").train()
+    optimizer = module.configure_optimizers()["optimizer"]
+    start = time.perf_counter()
+    for batch in data.train_dataloader():
+        outputs = module.model(batch["image"])
+        loss = sum(torch.nn.functional.cross_entropy(outputs[t], batch[t])
+                   for t in data.task_names)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def overhead(rounds: int, work: Path) -> None:
+    """Print, ``rounds`` times in this process, a Lightning epoch's and a bare loop's seconds."""
+    for round_ in range(rounds):
+        lightning = tasknorm_epoch("equal", work, None)["seconds"]
+        print(f"round {round_}: Lightning {lightning:.2f} s, bare loop {bare_epoch():.2f} s",
+              flush=True)
 
 
 def _libmtl_without_init() -> None:
@@ -249,6 +282,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--venv", default="/tmp/libmtl-venv", help="LibMTL's environment")
     parser.add_argument("--output", help="JSON file for the results")
+    parser.add_argument("--overhead", type=int, metavar="N",
+                        help="instead: N Lightning and bare-loop epochs in one process")
     parser.add_argument("--side", choices=["tasknorm", "libmtl"], help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=list(METHODS), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -256,6 +291,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batches, args.runs = 3, 1
+    if args.overhead:
+        torch.set_num_threads(args.threads)
+        with tempfile.TemporaryDirectory() as work:
+            prepare(Path(work))
+            overhead(args.overhead, Path(work))
+        return
     if args.side:
         torch.set_num_threads(args.threads)
         epoch = tasknorm_epoch if args.side == "tasknorm" else libmtl_epoch
