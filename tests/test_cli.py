@@ -11,11 +11,17 @@ import yaml
 from tasknorm.cli import main
 from tasknorm.data import write_tiny_celeba
 from tasknorm.fit import checkpoint_differences, parse_results
+from tasknorm.models import LEARNED_SHARING
 from tasknorm.train import METHODS
 
 TINY = ["--trainer.max_epochs", "2", "--data.init_args.sizes", "[256, 64, 64]",
         "--data.init_args.batch_size", "32", "--model.backbone_args", '{"width": 8}',
         "--trainer.enable_progress_bar", "false"]
+FEW_STEPS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+             "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+             "--data.init_args.sizes", "[96, 32, 32]", "--data.init_args.batch_size", "32",
+             "--model.backbone_args", '{"width": 2}', "--trainer.enable_progress_bar", "false"]
+"""Three training batches of a 2-wide network: a few steps of ``tasknorm fit``."""
 TASKNORM = Path(sys.executable).with_name("tasknorm")
 POISON = """
 from lightning.pytorch.callbacks import Callback
@@ -315,11 +321,16 @@ def test_every_balancing_method_trains_through_fit(workdir, name):
     """Each name of ``METHODS`` as ``--model.balancing.weighting`` takes training steps (three
     batches: one update of the three-batch methods) and the run ends with its results."""
     weights = {"fixed": '{"weights": {"left": 1.0, "right": 2.0}}'}
-    main(["fit", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-          "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
-          "--data.init_args.sizes", "[96, 32, 32]", "--data.init_args.batch_size", "32",
-          "--model.backbone_args", '{"width": 2}', "--trainer.enable_progress_bar", "false",
-          "--model.balancing.weighting", name,
+    main(["fit", *FEW_STEPS, "--model.balancing.weighting", name,
           *(["--model.balancing.weighting_args", weights[name]] if name in weights else [])])
+    results = json.loads(next(workdir.glob("runs/multidigits/version_0/results.json")).read_text())
+    assert set(results["test"]) == {"left", "right"}
+
+
+@pytest.mark.parametrize("architecture", sorted(LEARNED_SHARING))
+def test_every_learned_sharing_architecture_trains_through_fit(workdir, architecture):
+    """Each learned-sharing architecture as ``--model.architecture`` takes training steps on
+    MultiDigits, and the run ends with its results."""
+    main(["fit", *FEW_STEPS, "--model.architecture", architecture])
     results = json.loads(next(workdir.glob("runs/multidigits/version_0/results.json")).read_text())
     assert set(results["test"]) == {"left", "right"}

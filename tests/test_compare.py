@@ -10,6 +10,7 @@ import yaml
 from tasknorm import compare
 from tasknorm.compare import grid_points, main, markdown, summarise
 from tasknorm.curves import convergence, improvement, line_styles, plot_curves, read_curves
+from tasknorm.models import LEARNED_SHARING
 from tasknorm.train import METHODS
 
 TINY = ["--data.init_args.sizes", "[128, 32, 32]", "--data.init_args.batch_size", "32",
@@ -431,6 +432,18 @@ def test_compare_trains_with_every_balancing_method(workdir, name):
     config = yaml.safe_load((Path(record["log_dir"]) / "config.yaml").read_text())
     assert config["model"]["balancing"]["weighting"] == name
     assert set(record["test"]) == {"left", "right"}
+
+
+def test_compare_trains_every_learned_sharing_architecture(workdir):
+    """Every learned-sharing architecture runs in one comparison and gets its row: test
+    metrics, its own parameter count and FLOPs per image."""
+    main(["--architectures", *LEARNED_SHARING, "--seeds", "1", "--epochs", "1", "--output",
+          "out", "--", *TINY, "--trainer.limit_train_batches", "2"])
+    result = json.loads((workdir / "out" / "compare.json").read_text())
+    assert [r["architecture"] for r in result["records"]] == list(LEARNED_SHARING)
+    assert all(set(r["test"]) == {"left", "right"} for r in result["records"])
+    for name in LEARNED_SHARING:
+        assert result["summary"][name]["parameters"] > 0 and result["summary"][name]["flops"] > 0
 
 
 def test_merge_tabulates_separate_comparisons_as_one(workdir, capsys):
