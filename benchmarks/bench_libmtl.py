@@ -53,9 +53,13 @@ import time
 import types
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+if TYPE_CHECKING:
+    from tasknorm.data import MultiDigitsDataModule
 
 METHODS = {"equal": "EW", "pcgrad": "PCGrad"}
 """tasknorm's method → LibMTL's weighting."""
@@ -65,15 +69,21 @@ TEST_IMAGES = 128
 SGD = {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}
 
 
+def data_module() -> MultiDigitsDataModule:
+    """tasknorm's MultiDigits data module (``left_right``, batch 128), set up for fitting."""
+    from tasknorm.data import MultiDigitsDataModule
+
+    data = MultiDigitsDataModule(variant="left_right", batch_size=BATCH_SIZE)
+    data.setup("fit")
+    return data
+
+
 def prepare(work: Path) -> None:
     """Save the initial model (``model.pt``: the fx-traced backbone and the heads) and the
     MultiDigits tensors with the training order (``data.pt``)."""
     import lightning as L
 
-    from tasknorm.data import MultiDigitsDataModule
-
-    data = MultiDigitsDataModule(variant="left_right", batch_size=BATCH_SIZE)
-    data.setup("fit")
+    data = data_module()
     train, test = data.splits["train"], data.splits["test"]
     L.seed_everything(0, verbose=False)
     model = tasknorm_module(data, "equal").model
@@ -108,8 +118,6 @@ def tasknorm_epoch(method: str, work: Path, batches: int | None) -> dict:
     (checked equal to the saved ones)."""
     import lightning as L
 
-    from tasknorm.data import MultiDigitsDataModule
-
     class EpochTimer(L.Callback):
         def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
             self.start = time.perf_counter()
@@ -117,8 +125,7 @@ def tasknorm_epoch(method: str, work: Path, batches: int | None) -> dict:
         def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
             self.seconds = time.perf_counter() - self.start
 
-    data = MultiDigitsDataModule(variant="left_right", batch_size=BATCH_SIZE)
-    data.setup("fit")
+    data = data_module()
     saved = torch.load(work / "data.pt")
     train = data.splits["train"]
     if not (torch.equal(train.images, saved["images"])
@@ -141,10 +148,7 @@ def tasknorm_epoch(method: str, work: Path, batches: int | None) -> dict:
 def bare_epoch() -> float:
     """Seconds of one epoch of a bare PyTorch loop over tasknorm's hard-sharing model, with
     its optimizer and data module, as ``tasknorm_epoch`` trains them but without Lightning."""
-    from tasknorm.data import MultiDigitsDataModule
-
-    data = MultiDigitsDataModule(variant="left_right", batch_size=BATCH_SIZE)
-    data.setup("fit")
+    data = data_module()
     module = tasknorm_module(data, "equal").train()
     optimizer = module.configure_optimizers()["optimizer"]
     start = time.perf_counter()
